@@ -1,0 +1,286 @@
+"""Sound pack v1: read, verify and write (format in docs/pack-format.md).
+
+A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member. The manifest
+names every member with its SHA-256, dtype and shape; :func:`load_pack` refuses a pack whose
+format or version it does not know, a missing, extra-named, truncated or altered member, or an
+array whose shape does not match the manifest's dimensions, raising :class:`PackError` with the
+reason. Arrays are read with ``allow_pickle=False``. :func:`write_pack` writes into a temporary
+sibling directory and renames it into place, so a reader never sees half a pack.
+
+Shared by the device (loading) and host_tools (building); numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kernels.quant import dequantize_db
+
+FORMAT = "morphbox-pack"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODES = ("spectral", "neural")
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*\.npy$")
+
+# member -> (dtype, shape expressed in manifest dimensions)
+MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "instruments_harmonics.npy": ("uint8", ("instruments", "anchors", "frames", "harmonics")),
+    "instruments_noise.npy": ("uint8", ("instruments", "anchors", "frames", "noise_bands")),
+    "instruments_loudness.npy": ("float32", ("instruments", "anchors", "frames")),
+    "instruments_pitch_cents.npy": ("float32", ("instruments", "anchors")),
+    "grid_harmonics.npy": ("uint8", ("grid", "grid", "anchors", "frames", "harmonics")),
+    "grid_noise.npy": ("uint8", ("grid", "grid", "anchors", "frames", "noise_bands")),
+}
+
+
+class PackError(Exception):
+    """A pack cannot be used; the message says which pack and why."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dims(manifest: dict) -> dict[str, int]:
+    try:
+        return {
+            "instruments": len(manifest["instruments"]),
+            "anchors": len(manifest["pitch_anchors"]),
+            "frames": int(manifest["frames"]),
+            "harmonics": int(manifest["harmonics"]),
+            "noise_bands": int(manifest["noise_bands"]),
+            "grid": int(manifest["grid_size"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackError(f"manifest is missing or has a bad dimension field: {exc}") from None
+
+
+def expected_shape(member: str, manifest: dict) -> tuple[int, ...]:
+    """Shape the manifest's dimensions require of ``member``."""
+    dims = _dims(manifest)
+    return tuple(dims[d] for d in MEMBERS[member][1])
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A verified pack: its directory, manifest and arrays (name without ``.npy`` -> array)."""
+
+    path: Path
+    manifest: dict
+    arrays: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.path.name)
+
+    @property
+    def instrument_names(self) -> list[str]:
+        return [i["name"] for i in self.manifest["instruments"]]
+
+    @property
+    def corners(self) -> dict[str, int]:
+        """Active corner combination: corner name -> instrument index."""
+        return dict(self.manifest["corners"])
+
+
+def _check_manifest(manifest: dict, where: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PackError(f"{where}: not a morphbox pack (format field is not {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PackError(f"{where}: unknown pack format version {version!r}; this morphbox "
+                        f"reads version {FORMAT_VERSION}")
+    if manifest.get("mode") not in MODES:
+        raise PackError(f"{where}: unknown mode {manifest.get('mode')!r} (expected one of "
+                        f"{', '.join(MODES)})")
+    dims = _dims(manifest)
+    for key, value in dims.items():
+        if value <= 0:
+            raise PackError(f"{where}: dimension {key} must be positive, got {value}")
+    for key in ("frame_rate", "source_sample_rate"):
+        value = manifest.get(key)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise PackError(f"{where}: {key} must be a positive number, got {value!r}")
+    if dims["grid"] < 2:
+        raise PackError(f"{where}: grid_size must be at least 2")
+    anchors = manifest["pitch_anchors"]
+    if list(anchors) != sorted(set(anchors)):
+        raise PackError(f"{where}: pitch_anchors must be strictly increasing")
+    loop = manifest.get("loop", {})
+    start, end = loop.get("start"), loop.get("end")
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end < dims["frames"]):
+        raise PackError(f"{where}: loop points {start!r}..{end!r} must satisfy "
+                        f"0 <= start < end < frames ({dims['frames']})")
+    corners = manifest.get("corners", {})
+    if sorted(corners) != sorted(("NW", "NE", "SW", "SE")) or not all(
+            isinstance(i, int) and 0 <= i < dims["instruments"] for i in corners.values()):
+        raise PackError(f"{where}: corners must map NW, NE, SW, SE to instrument indices")
+    members = manifest.get("members")
+    if not isinstance(members, dict):
+        raise PackError(f"{where}: manifest has no members table")
+    for name in members:
+        if not _NAME.match(name):
+            raise PackError(f"{where}: member name {name!r} is not a plain .npy file name")
+    missing = sorted(set(MEMBERS) - set(members))
+    if missing:
+        raise PackError(f"{where}: manifest lacks required member(s) {', '.join(missing)}")
+
+
+def load_pack(path: str | os.PathLike) -> Pack:
+    """Load and verify the pack in directory ``path``.
+
+    Raises :class:`PackError` naming the problem: unreadable manifest, unknown format or
+    version, missing member, SHA-256 mismatch (bit flip, truncation), unreadable array, or an
+    array whose dtype or shape differs from what the manifest declares.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackError(f"{path}: no {MANIFEST} (is this a pack directory?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackError(f"{path}: cannot read {MANIFEST}: {exc}") from None
+    _check_manifest(manifest, path)
+    arrays = {}
+    for name, meta in manifest["members"].items():
+        file = path / name
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise PackError(f"{path}: member {name} is missing") from None
+        except OSError as exc:
+            raise PackError(f"{path}: cannot read member {name}: {exc}") from None
+        if sha256_bytes(data) != meta.get("sha256"):
+            raise PackError(f"{path}: member {name} is corrupt (SHA-256 mismatch; "
+                            f"{len(data)} bytes on disk)")
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for malformed headers
+            raise PackError(f"{path}: member {name} is not a readable array: {exc}") from None
+        if name in MEMBERS:
+            dtype, _ = MEMBERS[name]
+            shape = expected_shape(name, manifest)
+            if array.dtype != np.dtype(dtype) or array.shape != shape:
+                raise PackError(f"{path}: member {name} has {array.dtype}{list(array.shape)}, "
+                                f"expected {dtype}{list(shape)}")
+        arrays[name[:-4]] = array
+    return Pack(path=path, manifest=manifest, arrays=arrays)
+
+
+def write_pack(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write a pack directory atomically; returns its path.
+
+    ``manifest``: every field but ``members``, ``format`` and ``format_version`` (filled in
+    here). ``arrays``: member name without ``.npy`` -> array. Replaces an existing pack at
+    ``path``. Raises :class:`PackError` if the result would not verify.
+    """
+    path = Path(path)
+    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+    manifest["members"] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            data = buf.getvalue()
+            name = f"{key}.npy"
+            (tmp / name).write_bytes(data)
+            manifest["members"][name] = {"sha256": sha256_bytes(data), "bytes": len(data),
+                                         "dtype": str(arrays[key].dtype),
+                                         "shape": list(arrays[key].shape)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                    encoding="utf-8")
+        load_pack(tmp)  # refuse to publish what we could not read back
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What the engine plays: the active morph grid in dB, ready for look-ups.
+
+    Attributes:
+        frames_db: ``(G, G, anchors, frames, harmonics + noise_bands)`` float32 dB: per grid
+            point, pitch anchor and analysis frame, the partial amplitudes followed by the
+            noise band gains (one array so one gather serves both).
+        n_harmonics: how many of the last axis are partials.
+        anchors: ``(anchors,)`` int MIDI pitches the grid was made at.
+        frame_rate: Hz; ``loop_start``/``loop_end``: sustain loop, frame indices.
+        source_rate: analysis sample rate, Hz.
+        name: the pack's name.
+    """
+
+    frames_db: np.ndarray
+    n_harmonics: int
+    anchors: np.ndarray
+    frame_rate: float
+    loop_start: int
+    loop_end: int
+    source_rate: float
+    name: str = ""
+
+    @classmethod
+    def from_parts(cls, harmonics_db: np.ndarray, noise_db: np.ndarray, **fields) -> "Grid":
+        """Build from ``(G, G, A, F, K)`` and ``(G, G, A, F, B)`` dB arrays."""
+        frames_db = np.concatenate([harmonics_db, noise_db], axis=-1).astype(np.float32)
+        return cls(frames_db=frames_db, n_harmonics=harmonics_db.shape[-1],
+                   anchors=np.asarray(fields.pop("anchors"), np.int64), **fields)
+
+    @property
+    def size(self) -> int:
+        return self.frames_db.shape[0]
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames_db.shape[3]
+
+    @property
+    def n_noise_bands(self) -> int:
+        return self.frames_db.shape[-1] - self.n_harmonics
+
+    @property
+    def harmonics_db(self) -> np.ndarray:
+        return self.frames_db[..., :self.n_harmonics]
+
+    @property
+    def noise_db(self) -> np.ndarray:
+        return self.frames_db[..., self.n_harmonics:]
+
+
+def grid_from_pack(pack: Pack) -> Grid:
+    """The active grid of a verified pack, dequantised to dB float32."""
+    m = pack.manifest
+    return Grid.from_parts(dequantize_db(pack.arrays["grid_harmonics"]),
+                           dequantize_db(pack.arrays["grid_noise"]),
+                           anchors=m["pitch_anchors"], frame_rate=float(m["frame_rate"]),
+                           loop_start=int(m["loop"]["start"]), loop_end=int(m["loop"]["end"]),
+                           source_rate=float(m["source_sample_rate"]), name=pack.name)
+
+
+DEFAULT_PACK = Path(__file__).resolve().parent / "packs" / "default"
+
+
+def load_default_grid() -> Grid:
+    """The grid of the pack shipped in the repo (``device/packs/default``)."""
+    return grid_from_pack(load_pack(DEFAULT_PACK))

@@ -1,0 +1,218 @@
+"""``morphbox``: one command for the box and the laptop.
+
+Heavy libraries are imported inside each subcommand, so the device side runs without the
+host extras installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EPILOG = """\
+examples:
+  morphbox demo                         play the Bach demo, write out/demo.wav and out/demo.png
+  morphbox render song.mid -o song.wav  render any MIDI file with a touch path
+  morphbox play song.mid --path circle  play a MIDI file live on the audio output
+  morphbox pack build                   rebuild the default sound pack from FluidR3_GM
+  morphbox pack info                    check a pack and list its instruments
+  morphbox devices                      list audio outputs
+
+touch paths: corners (tour of NW, NE, SE, SW), circle, figure-eight, or a CSV of time,x,y
+(seconds; x 0 = west .. 1 = east, y 0 = north .. 1 = south).
+"""
+
+
+def _engine_config(args):
+    from device.engine import EngineConfig
+    return EngineConfig(block_size=args.block_size)
+
+
+def cmd_demo(args) -> int:
+    from host_tools.demo import run_demo
+    live = None if args.live == "auto" else args.live == "yes"
+    s = run_demo(args.out, live=live, path=args.path, pack=args.pack)
+    print(f"wrote {s['wav']} ({s['seconds']} s, peak {s['peak']:.2f}) and {s['png']}; "
+          f"rendered in {s['render_seconds']} s"
+          + ("; played live" if s["played_live"] else "; no audio output, not played live"))
+    return 0
+
+
+def cmd_render(args) -> int:
+    from host_tools.demo import render_piece, write_wav
+    cfg = _engine_config(args)
+    audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg)
+    write_wav(args.output, audio, cfg.sample_rate)
+    print(f"wrote {args.output} ({len(audio) / cfg.sample_rate:.1f} s) in {secs:.1f} s")
+    return 0
+
+
+def cmd_play(args) -> int:
+    import threading
+
+    from device.audio import AudioStream
+    from device.engine import Engine
+    from device.midi import dispatch
+    from device.pack import grid_from_pack, load_pack
+    from device.sim import midi_events, touch_path
+    cfg = _engine_config(args)
+    engine = Engine(grid_from_pack(load_pack(args.pack)), cfg)
+    events = midi_events(args.midi)
+    route = touch_path(args.path)
+    done = threading.Event()
+    with AudioStream(engine.render_block, sample_rate=cfg.sample_rate,
+                     block_size=cfg.block_size, channels=cfg.channels,
+                     device=args.device) as stream:
+        start = time.perf_counter()
+        i = 0
+        end = (events[-1][0] if events else 0) + 2.0
+        while not done.is_set():
+            now = time.perf_counter() - start
+            engine.controls.set_touch(*route(now))
+            while i < len(events) and events[i][0] <= now:
+                dispatch(engine, events[i][1])
+                i += 1
+            if now > end:
+                break
+            time.sleep(0.005)
+        st = stream.stats
+    print(f"played {st.blocks} blocks, {st.late_blocks} late, {st.xruns} xruns")
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from device.audio import list_output_devices
+    names = list_output_devices()
+    print("\n".join(names) if names else "no audio output devices")
+    return 0
+
+
+def cmd_pack_build(args) -> int:
+    from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
+    from host_tools.sources import GM_PROGRAM_NAMES
+    kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity}
+    if args.programs or args.wav:
+        specs = [InstrumentSpec(GM_PROGRAM_NAMES[p], program=p) for p in args.programs or []]
+        for item in args.wav or []:
+            name, _, folder = item.rpartition("=")
+            specs.append(InstrumentSpec(name or folder.rstrip("/").split("/")[-1],
+                                        wav_folder=folder))
+        if len(specs) < 4:
+            print("error: a pack needs at least 4 instruments (one per corner)", file=sys.stderr)
+            return 2
+        kw["instruments"] = tuple(specs)
+        kw["corners"] = {"NW": 0, "NE": 1, "SW": 2, "SE": 3}
+    if args.corners:
+        kw["corners"] = dict(zip(("NW", "NE", "SW", "SE"), args.corners))
+    if args.anchors:
+        lo, hi, step = args.anchors
+        kw["anchors"] = tuple(range(lo, hi + 1, step))
+    t0 = time.time()
+    path = build_pack(args.out, PackSettings(**kw), jobs=args.jobs)
+    print(f"built {path} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_pack_info(args) -> int:
+    from device.pack import load_pack
+    pack = load_pack(args.pack)
+    m = pack.manifest
+    size = sum(v["bytes"] for v in m["members"].values())
+    print(f"{pack.name}: {m['mode']} pack v{m['format_version']}, {size / 1e6:.1f} MB, "
+          f"grid {m['grid_size']}x{m['grid_size']}, anchors {m['pitch_anchors'][0]}.."
+          f"{m['pitch_anchors'][-1]} ({len(m['pitch_anchors'])}), {m['frames']} frames at "
+          f"{m['frame_rate']:g} Hz, loop {m['loop']['start']}..{m['loop']['end']}")
+    inv = {v: k for k, v in pack.corners.items()}
+    for i, name in enumerate(pack.instrument_names):
+        print(f"  {i:2d} {name}" + (f"   <- corner {inv[i]}" if i in inv else ""))
+    if args.picture:
+        from host_tools.plots import plot_grid
+        print(f"wrote {plot_grid(pack, args.picture)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from device.pack import DEFAULT_PACK
+    p = argparse.ArgumentParser(
+        prog="morphbox", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="morphbox: a neural synthesizer that morphs between four instruments as "
+                    "you slide a finger across its touch surface.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def engine_opts(sp, midi=True):
+        if midi:
+            sp.add_argument("midi", help="MIDI file to play")
+        sp.add_argument("--pack", default=str(DEFAULT_PACK), help="sound pack directory "
+                        "(default: the pack shipped with morphbox)")
+        sp.add_argument("--path", default="corners", help="touch path: corners, circle, "
+                        "figure-eight or a CSV file of time,x,y (default: corners)")
+        sp.add_argument("--block-size", type=int, default=128, choices=(64, 128, 256),
+                        help="audio block in frames at 48 kHz (default 128)")
+
+    sp = sub.add_parser("demo", help="play a Bach chorale morphing across the four corners")
+    engine_opts(sp, midi=False)
+    sp.add_argument("--out", default="out", help="folder for demo.wav and demo.png")
+    sp.add_argument("--live", choices=("auto", "yes", "no"), default="auto",
+                    help="play on the audio output (auto: when one exists)")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("render", help="render a MIDI file to WAV")
+    engine_opts(sp)
+    sp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    sp.set_defaults(func=cmd_render)
+
+    sp = sub.add_parser("play", help="play a MIDI file live on the audio output")
+    engine_opts(sp)
+    sp.add_argument("--device", help="output device (index or part of its name)")
+    sp.set_defaults(func=cmd_play)
+
+    sp = sub.add_parser("devices", help="list audio output devices")
+    sp.set_defaults(func=cmd_devices)
+
+    pk = sub.add_parser("pack", help="build or inspect sound packs")
+    psub = pk.add_subparsers(dest="pack_command", metavar="ACTION")
+    sp = psub.add_parser("build", help="build a sound pack from instruments",
+                         description="Render each instrument at every pitch anchor, analyse "
+                         "it and build the morph grid. Default: 16 General MIDI instruments "
+                         "from FluidR3_GM, 4 per corner.")
+    sp.add_argument("--out", default=str(DEFAULT_PACK), help="pack directory to write "
+                    "(default: the shipped pack)")
+    sp.add_argument("--name", default="default")
+    sp.add_argument("--programs", type=int, nargs="+", metavar="GM",
+                    help="General MIDI program numbers 0..127 (instead of the default 16)")
+    sp.add_argument("--wav", action="append", metavar="[NAME=]FOLDER",
+                    help="a folder of WAV one-shots as one instrument (repeatable)")
+    sp.add_argument("--corners", type=int, nargs=4, metavar=("NW", "NE", "SW", "SE"),
+                    help="instrument index for each corner")
+    sp.add_argument("--anchors", type=int, nargs=3, metavar=("LOW", "HIGH", "STEP"),
+                    help="pitch anchors as MIDI range (default 24 96 4)")
+    sp.add_argument("--grid-size", type=int, default=9)
+    sp.add_argument("--velocity", type=int, default=100)
+    sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
+    sp.set_defaults(func=cmd_pack_build)
+    sp = psub.add_parser("info", help="verify a pack and describe it")
+    sp.add_argument("pack", nargs="?", default=str(DEFAULT_PACK))
+    sp.add_argument("--picture", metavar="PNG", help="also draw the morph grid")
+    sp.set_defaults(func=cmd_pack_info)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from device.pack import PackError
+    try:
+        return args.func(args)
+    except PackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
