@@ -1,0 +1,43 @@
+# morphbox: two commands on a fresh Debian/Raspberry Pi OS machine.
+#   make demo   system packages + .venv + the main job (out/demo.wav, out/demo.png)
+#   make test   the same set-up, then the whole test suite
+VENV    := .venv
+PY      := $(VENV)/bin/python
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := fluidsynth fluid-soundfont-gm portaudio19-dev jackd2 libsndfile1 python3-venv
+STAMPS  := .make
+
+.PHONY: demo test bench pack lint clean setup
+
+demo: setup
+	$(VENV)/bin/morphbox demo
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/engine.py
+
+pack: setup
+	$(VENV)/bin/morphbox pack build
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+setup: $(STAMPS)/venv
+
+$(STAMPS)/system:
+	@mkdir -p $(STAMPS)
+	@if dpkg -s $(APT_PKGS) >/dev/null 2>&1; then echo "system packages present"; else \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PKGS); fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/system
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[device,host,dev]"
+	@touch $@
+
+clean:
+	rm -rf $(STAMPS) out .pytest_cache

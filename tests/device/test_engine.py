@@ -1,0 +1,227 @@
+"""The engine on real outputs: pitch in cents, spectra, sample-to-sample jumps, peaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.controls import Controls, ControlState
+from device.engine import Engine, EngineConfig, render_offline
+from device.pack import Grid, load_default_grid
+from host_tools.sources import pitch_error_cents
+from kernels.analysis import harmonic_amplitudes
+from kernels.pitch import midi_to_hz
+from kernels.quant import amplitude_to_db, dequantize_db
+
+SR = 48000
+
+
+@pytest.fixture(scope="module")
+def grid() -> Grid:
+    return load_default_grid()
+
+
+def bright_grid(n_frames: int = 20) -> Grid:
+    """All 64 partials at 1/k (a sawtooth), every point, anchor and frame alike."""
+    k = np.arange(1, 65)
+    h = np.broadcast_to(amplitude_to_db(0.5 / k), (2, 2, 3, n_frames, 64)).copy()
+    n = np.full((2, 2, 3, n_frames, 32), -120.0, np.float32)
+    return Grid.from_parts(h, n, anchors=[36, 72, 108], frame_rate=50.0, loop_start=5,
+                           loop_end=n_frames - 2, source_rate=16000.0, name="bright")
+
+
+def make_engine(grid, x=0.0, y=0.0, **cfg) -> Engine:
+    controls = Controls(ControlState(x=x, y=y, attack_s=0.005, decay_s=0.1, sustain=1.0,
+                                     release_s=0.1, volume=1.0))
+    return Engine(grid, EngineConfig(**cfg), controls)
+
+
+def mono(engine: Engine, seconds: float) -> np.ndarray:
+    """Render whole blocks (so consecutive calls join seamlessly), channel 0."""
+    bs = engine.config.block_size
+    return render_offline(engine, int(round(seconds * SR / bs)) * bs)[:, 0].copy()
+
+
+def partials_db(audio: np.ndarray, note: float, n: int = 24) -> np.ndarray:
+    """dB of the first ``n`` partials of ``audio`` (48 kHz), averaged over 50 Hz frames away
+    from the ends, normalised so the strongest is 0 dB."""
+    amps = harmonic_amplitudes(audio, SR, float(midi_to_hz(note)), frame_rate=50.0,
+                               n_harmonics=n)
+    db = amplitude_to_db(amps[2:-2]).mean(axis=0)
+    return db - db.max()
+
+
+def spectral_distance(a: np.ndarray, b: np.ndarray, floor: float = -40.0) -> float:
+    """Mean absolute dB difference over partials, levels floored at ``floor`` (below it the
+    pack's noise part, which is rendered as noise, masks the partials)."""
+    return float(np.mean(np.abs(np.maximum(a, floor) - np.maximum(b, floor))))
+
+
+@pytest.mark.parametrize("note", [43, 60, 76])
+def test_rendered_pitch_within_5_cents(grid, note):
+    e = make_engine(grid)
+    e.note_on(note, 110)
+    audio = mono(e, 1.4)
+    cents = pitch_error_cents(audio, SR, note)
+    assert abs(cents) < 5, f"MIDI {note} rendered {cents:+.1f} cents off"
+
+
+def test_pitch_bend_moves_pitch_two_semitones(grid):
+    e = make_engine(grid)
+    e.controls.set_bend(2.0)
+    e.note_on(60, 110)
+    audio = mono(e, 1.4)
+    assert abs(pitch_error_cents(audio, SR, 62)) < 5
+
+
+def test_high_note_has_no_aliasing():
+    """A bright tone high up: every spectral peak sits on a harmonic of f0 below Nyquist; the
+    energy between harmonics stays at a small floor (aliases would land there)."""
+    e = make_engine(bright_grid())
+    note = 100.3  # f0 ~ 2680 Hz, partials 8+ are near or above 0.4 * SR
+    e.controls.set_bend(0.3)
+    e.note_on(100, 127)
+    audio = mono(e, 0.6)[SR // 10:]
+    spec = np.abs(np.fft.rfft(audio * np.blackman(len(audio)))) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    f0 = float(midi_to_hz(note))
+    harmonic = np.abs(freqs / f0 - np.round(freqs / f0)) * f0 < 30.0
+    between = spec[~harmonic].sum() / spec.sum()
+    assert 10 * np.log10(between) < -60, f"inharmonic (aliased) energy {10*np.log10(between):.1f} dB"
+    top = freqs[harmonic & (spec > spec.max() * 1e-6)].max()
+    assert top < 0.45 * SR, f"a partial at {top:.0f} Hz"
+    # and the band-limit removed partials that would have crossed Nyquist, but kept the 7th
+    kept = [spec[np.argmin(np.abs(freqs - k * f0))] for k in (1, 7, 9)]
+    assert kept[1] > kept[0] * 1e-3 and kept[2] < kept[0] * 1e-8
+
+
+def test_corner_sounds_like_its_instrument(grid):
+    """At each corner a held note's partials match that corner instrument's analysis."""
+    from device.pack import load_pack
+    pack = load_pack("device/packs/default")
+    note, t = 60, 1.1
+    a = int(np.argmin(np.abs(grid.anchors - note)))
+    frames = slice(int((t - 0.2) * grid.frame_rate) + 2, int(t * grid.frame_rate) - 2)
+    spectra, refs = {}, {}
+    for name in ("NW", "NE", "SW", "SE"):
+        ref = dequantize_db(pack.arrays["instruments_harmonics"][pack.corners[name], a, frames,
+                                                                 :24]).mean(axis=0)
+        refs[name] = ref - ref.max()
+    for name, (x, y) in {"NW": (0, 0), "NE": (1, 0), "SW": (0, 1), "SE": (1, 1)}.items():
+        e = make_engine(grid, x, y)
+        e.note_on(note, 110)
+        spectra[name] = partials_db(mono(e, t)[int((t - 0.2) * SR):], note)
+        dist = {other: spectral_distance(spectra[name], ref) for other, ref in refs.items()}
+        assert dist[name] < 3.0, (name, dist)
+        assert min(dist, key=dist.get) == name, (name, dist)
+    # the centre is none of the corners
+    e = make_engine(grid, 0.5, 0.5)
+    e.note_on(note, 110)
+    centre = partials_db(mono(e, t)[int((t - 0.2) * SR):], note)
+    for name, spec in spectra.items():
+        assert spectral_distance(centre, spec) > 1.0, name  # corners are 3-8 dB apart
+
+
+def test_held_note_follows_the_touch_without_clicks(grid):
+    e = make_engine(grid, 0.0, 0.0)
+    e.note_on(57, 110)
+    before = mono(e, 0.9)
+    e.controls.set_touch(1.0, 1.0)  # jump across the surface while the note is held
+    after = mono(e, 0.9)
+    d = spectral_distance(partials_db(before[-SR // 4:], 57), partials_db(after[-SR // 4:], 57))
+    assert d > 4.0, f"spectrum moved only {d:.1f} dB"
+    audio = np.concatenate([before, after])
+    steady = np.abs(np.diff(before[SR // 2:])).max()
+    jump = np.abs(np.diff(audio[len(before) - 2048:len(before) + 4096])).max()
+    assert jump < 1.5 * steady + 1e-3, "touch move made a step in the waveform"
+    assert np.sqrt(np.mean(after[:4096] ** 2)) > 0.2 * np.sqrt(np.mean(before[-4096:] ** 2))
+
+
+def test_voice_stealing_is_click_free_and_bounded(grid):
+    e = make_engine(grid, 0.3, 0.6, max_voices=1)
+    e.note_on(50, 120)
+    first = mono(e, 0.8)
+    e.note_on(62, 120)  # steals the only voice
+    second = mono(e, 0.5)
+    audio = np.concatenate([first, second])
+    steady = max(np.abs(np.diff(first[SR // 4:])).max(), np.abs(np.diff(second[SR // 4:])).max())
+    around = np.abs(np.diff(audio[len(first) - 256:len(first) + 2048])).max()
+    assert around < 1.5 * steady, f"steal jump {around:.4f} vs steady {steady:.4f}"
+    assert e.active_voices == 1
+    # the old note is gone: only the new pitch remains
+    assert abs(pitch_error_cents(second, SR, 62)) < 10
+
+
+def test_note_off_is_click_free_and_release_decays_to_silence(grid):
+    e = make_engine(grid, 0.5, 0.5)
+    e.controls.set_adsr(release_s=0.2)
+    e.note_on(64, 120)
+    held = mono(e, 0.7)
+    e.note_off(64)
+    tail = mono(e, 0.6)
+    steady = np.abs(np.diff(held[SR // 4:])).max()
+    assert np.abs(np.diff(np.concatenate([held[-64:], tail[:2048]]))).max() < 1.2 * steady
+    rms = [np.sqrt(np.mean(tail[i:i + 2400] ** 2)) for i in range(0, 9600, 2400)]
+    assert all(b < a for a, b in zip(rms, rms[1:])), rms
+    assert np.abs(tail[int(0.35 * SR):]).max() < 1e-4  # -80 dB after the release
+    assert e.active_voices == 0
+
+
+def test_33_full_velocity_notes_stay_below_full_scale(grid):
+    e = make_engine(grid, 1.0, 1.0)
+    for i in range(33):
+        e.note_on(36 + i, 127)
+    audio = render_offline(e, SR)
+    assert np.abs(audio).max() < 1.0
+    assert np.abs(audio).max() > 0.5  # and it is loud, not silenced
+    assert e.active_voices <= 33  # 32 playing + the stolen one fading (then gone)
+    playing = np.count_nonzero(e._held)
+    assert playing == 32
+
+
+def test_velocity_sets_amplitude(grid):
+    levels = []
+    for vel in (127, 64):
+        e = make_engine(grid, 0.2, 0.2)
+        e.note_on(60, vel)
+        levels.append(np.sqrt(np.mean(mono(e, 0.6)[SR // 4:] ** 2)))
+    ratio_db = 20 * np.log10(levels[1] / levels[0])
+    assert abs(ratio_db - 40 * np.log10(64 / 127)) < 1.0
+
+
+def test_master_volume_scales_output(grid):
+    out = []
+    for volume in (1.0, 0.5):
+        e = make_engine(grid)
+        e.controls.set_volume(volume)
+        for n in (48, 52, 55):
+            e.note_on(n, 60)  # quiet enough that the limiter stays out of the way
+        out.append(mono(e, 0.5)[SR // 8:])
+    ratio = np.sqrt(np.mean(out[1] ** 2) / np.mean(out[0] ** 2))
+    assert abs(20 * np.log10(ratio) + 6.02) < 0.1
+
+
+def test_all_notes_off_releases_everything(grid):
+    e = make_engine(grid)
+    for n in (48, 52, 55):
+        e.note_on(n, 100)
+    assert np.abs(mono(e, 0.3)).max() > 0.01
+    e.all_notes_off()
+    tail = mono(e, 1.0)
+    assert e.active_voices == 0 and np.abs(tail[-SR // 4:]).max() < 1e-4
+
+
+def test_block_size_64_renders_the_same_pitch(grid):
+    e = make_engine(grid, block_size=64)
+    e.note_on(69, 110)
+    assert abs(pitch_error_cents(mono(e, 1.4), SR, 69)) < 5
+
+
+def test_grid_swap_while_playing(grid):
+    e = make_engine(grid)
+    e.note_on(60, 110)
+    a = mono(e, 0.3)
+    e.set_grid(bright_grid())
+    b = mono(e, 0.3)
+    assert np.isfinite(b).all() and np.abs(b).max() > 0.01
+    assert np.abs(np.diff(np.concatenate([a[-64:], b[:256]]))).max() < 0.2
