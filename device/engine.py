@@ -112,6 +112,8 @@ class Engine:
         self._ramp = (np.arange(1, cfg.block_size + 1) / cfg.block_size).astype(np.float32)
         snap = self.controls.snapshot
         self._x, self._y, self._bend, self._volume = snap.x, snap.y, snap.bend, snap.volume
+        self._table_bend = None
+        self._f0_table(grid.n_harmonics)
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self.blocks = 0
 
@@ -213,7 +215,10 @@ class Engine:
         a = self._smooth
         self._x += (snap.x - self._x) * a
         self._y += (snap.y - self._y) * a
-        self._bend += (snap.bend - self._bend) * a
+        if self._bend != snap.bend:
+            self._bend += (snap.bend - self._bend) * a
+            if abs(snap.bend - self._bend) < 1e-4:
+                self._bend = snap.bend
         vol0 = self._volume
         self._volume = vol1 = vol0 + (snap.volume - vol0) * a
         live = np.flatnonzero(self._stage)
@@ -226,6 +231,15 @@ class Engine:
         self._out[:] = mono[:, None]
         self.blocks += 1
         return self._out
+
+    def _f0_table(self, n_harmonics: int) -> tuple[np.ndarray, np.ndarray]:
+        """f0 (Hz) and band-limit gains ``(128, K)`` of every MIDI note at the current bend,
+        recomputed only when the (smoothed) bend has moved."""
+        if self._bend != self._table_bend:
+            self._table_bend = self._bend
+            self._f0 = 440.0 * np.exp2((np.arange(128) + self._bend - 69.0) / 12.0)
+            self._bandlimit = bandlimit_gains(self._f0, n_harmonics, self.config.sample_rate)
+        return self._f0, self._bandlimit
 
     def _render_voices(self, grid: Grid, live: np.ndarray, snap) -> np.ndarray:
         cfg = self.config
@@ -243,9 +257,10 @@ class Engine:
         mags = np.power(np.float32(10.0), frames_db * np.float32(0.05))
         k = grid.n_harmonics
         amps = mags[:, :k]
-        f0 = 440.0 * np.exp2((self._note[live] + self._bend - 69.0) / 12.0)
+        notes = self._note[live]
+        f0 = self._f0_table(grid.n_harmonics)[0][notes]
         if f0.max() * k > BANDLIMIT_LO * cfg.sample_rate:
-            amps *= bandlimit_gains(f0, k, cfg.sample_rate)
+            amps *= self._bandlimit[notes]
         tables = self._bank.build(amps)
         fresh = self._fresh[live]
         prev = self._tables[live]

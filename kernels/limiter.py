@@ -23,12 +23,16 @@ class SoftLimiter:
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Limit one block ``(block_size,)`` float32 in place; returns it."""
-        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
         target = min(1.0, self.threshold / peak) if peak > 0 else 1.0
         new = target if target < self.gain else target + (self.gain - target) * self._recover
+        if new > 0.9999:
+            new = 1.0
         if new != 1.0 or self.gain != 1.0:
             x *= self.gain + (new - self.gain) * self._ramp
-        self.gain = new
+        self.gain, old = new, self.gain
+        if peak * max(old, new) <= self.knee:
+            return x
         return soft_clip(x, self.knee, self.ceiling)
 
 

@@ -43,9 +43,10 @@ PHASE_BITS = 32  # phase accumulators are uint32: 2**32 is one cycle
 
 
 def phase_increment(f0_hz: np.ndarray, sample_rate: float) -> np.ndarray:
-    """Fixed-point phase step per sample for ``f0_hz`` ``(voices,)``: uint32."""
-    inc = np.asarray(f0_hz, dtype=np.float64) / sample_rate % 1.0 * 2.0**PHASE_BITS
-    return inc.astype(np.uint64).astype(np.uint32)
+    """Fixed-point phase step per sample for ``f0_hz`` ``(voices,)``, 0 <= f0 < sample_rate:
+    uint32."""
+    inc = np.asarray(f0_hz, dtype=np.float64) * (2.0**PHASE_BITS / sample_rate)
+    return inc.astype(np.uint32)
 
 
 class WavetableBank:
@@ -78,6 +79,18 @@ class WavetableBank:
         return np.asarray(amplitudes, dtype=np.float32) @ self._basis
 
 
+_ROWS: dict = {}
+
+
+def _row_offsets(n_voices: int, width: int) -> np.ndarray:
+    """``(n_voices, 1)`` start of each row in a flattened ``(n_voices, width)`` array (cached)."""
+    key = (n_voices, width)
+    rows = _ROWS.get(key)
+    if rows is None:
+        rows = _ROWS[key] = (np.arange(n_voices, dtype=np.intp) * width)[:, None]
+    return rows
+
+
 def read_crossfade(previous: np.ndarray, current: np.ndarray, phase: np.ndarray,
                    increment: np.ndarray, n_samples: int, ramp: np.ndarray) -> np.ndarray:
     """Read ``n_samples`` from each voice's tables by linear interpolation, crossfading from
@@ -97,7 +110,7 @@ def read_crossfade(previous: np.ndarray, current: np.ndarray, phase: np.ndarray,
     idx = (pos >> np.uint32(shift)).astype(np.intp)
     frac = (pos & np.uint32((1 << shift) - 1)).astype(np.float32)
     frac *= np.float32(1.0 / (1 << shift))
-    idx += (np.arange(n_voices, dtype=np.intp) * width)[:, None]
+    idx += _row_offsets(n_voices, width)
     idx1 = idx + 1
     flat = previous.reshape(-1)
     a = flat.take(idx)
