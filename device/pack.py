@@ -53,6 +53,10 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def _dims(manifest: dict) -> dict[str, int]:
+    for key in ("frames", "harmonics", "noise_bands", "grid_size"):
+        if type(manifest.get(key)) is not int:
+            raise PackError(f"manifest field {key} must be an integer, got "
+                            f"{manifest.get(key)!r}")
     try:
         return {
             "instruments": len(manifest["instruments"]),
@@ -115,23 +119,29 @@ def _check_manifest(manifest: dict, where: Path) -> None:
     if dims["grid"] < 2:
         raise PackError(f"{where}: grid_size must be at least 2")
     anchors = manifest["pitch_anchors"]
-    if list(anchors) != sorted(set(anchors)):
+    if not isinstance(anchors, list) or not all(type(a) is int for a in anchors):
+        raise PackError(f"{where}: pitch_anchors must be a list of MIDI note integers")
+    if anchors != sorted(set(anchors)):
         raise PackError(f"{where}: pitch_anchors must be strictly increasing")
-    loop = manifest.get("loop", {})
+    loop = manifest.get("loop")
+    if not isinstance(loop, dict):
+        raise PackError(f"{where}: loop must be an object with start and end frames")
     start, end = loop.get("start"), loop.get("end")
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end < dims["frames"]):
         raise PackError(f"{where}: loop points {start!r}..{end!r} must satisfy "
                         f"0 <= start < end < frames ({dims['frames']})")
-    corners = manifest.get("corners", {})
-    if sorted(corners) != sorted(("NW", "NE", "SW", "SE")) or not all(
+    corners = manifest.get("corners")
+    if not isinstance(corners, dict) or sorted(corners) != sorted(("NW", "NE", "SW", "SE")) or not all(
             isinstance(i, int) and 0 <= i < dims["instruments"] for i in corners.values()):
         raise PackError(f"{where}: corners must map NW, NE, SW, SE to instrument indices")
     members = manifest.get("members")
     if not isinstance(members, dict):
         raise PackError(f"{where}: manifest has no members table")
-    for name in members:
+    for name, meta in members.items():
         if not _NAME.match(name):
             raise PackError(f"{where}: member name {name!r} is not a plain .npy file name")
+        if not isinstance(meta, dict):
+            raise PackError(f"{where}: member {name} has no hash record in the manifest")
     missing = sorted(set(MEMBERS) - set(members))
     if missing:
         raise PackError(f"{where}: manifest lacks required member(s) {', '.join(missing)}")
@@ -196,18 +206,28 @@ def write_pack(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.nda
             np.save(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             data = buf.getvalue()
             name = f"{key}.npy"
+            if not _NAME.match(name):
+                raise PackError(f"{path}: member name {name!r} is not a plain .npy file name")
             (tmp / name).write_bytes(data)
             manifest["members"][name] = {"sha256": sha256_bytes(data), "bytes": len(data),
                                          "dtype": str(arrays[key].dtype),
                                          "shape": list(arrays[key].shape)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
                                     encoding="utf-8")
-        load_pack(tmp)  # refuse to publish what we could not read back
+        try:
+            load_pack(tmp)  # refuse to publish what we could not read back
+        except PackError as exc:
+            raise PackError(f"{path}: not written, it would not verify: "
+                            f"{str(exc).split(': ', 1)[-1]}") from None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except OSError:
+                old.rename(path)  # put the previous pack back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)

@@ -57,6 +57,13 @@ class NoteFeatures:
         return self.amplitude[:, None] * self.harmonic_distribution
 
 
+def _mono(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono (samples,), got shape {audio.shape}")
+    return audio
+
+
 def frame_centres(n_samples: int, sample_rate: int, frame_rate: float = FRAME_RATE) -> np.ndarray:
     """Sample index of each frame centre: ``(frames,)`` int64, frame i at ``i / frame_rate`` s."""
     n_frames = int(np.floor(n_samples / sample_rate * frame_rate))
@@ -109,8 +116,7 @@ def harmonic_amplitudes(audio: np.ndarray, sample_rate: int, f0_hz: float,
     A sinusoid ``A sin(2 pi k f0 t)`` yields ``A`` at harmonic ``k``. Harmonics at or above
     Nyquist are 0. Raises ``ValueError`` for a non-positive f0.
     """
-    coefs, _ = _harmonic_fit(np.asarray(audio, np.float64), sample_rate, f0_hz, frame_rate,
-                             n_harmonics)
+    coefs, _ = _harmonic_fit(_mono(audio), sample_rate, f0_hz, frame_rate, n_harmonics)
     return np.abs(coefs).astype(np.float32)
 
 
@@ -138,7 +144,7 @@ def loudness_db(audio: np.ndarray, sample_rate: int, frame_rate: float = FRAME_R
     Power spectrum weighted by A-weighting, summed, scaled so a full-scale 1 kHz sine reads
     0 dB (A-weighting is 0 dB at 1 kHz); floored at ``floor_db``.
     """
-    power, window = _stft_power(audio, sample_rate, frame_rate)
+    power, window = _stft_power(_mono(audio), sample_rate, frame_rate)
     freqs = np.fft.rfftfreq(_NOISE_FFT, 1.0 / sample_rate)
     weights = 10.0 ** (a_weighting_db(freqs) / 10.0)
     # Parseval (one-sided): a sine of amplitude A gives sum_k |X_k|^2 = N * sum(w^2) * A^2 / 4.
@@ -154,7 +160,7 @@ def noise_magnitudes(residual: np.ndarray, sample_rate: int, frame_rate: float =
 
     Linear bands of width ``nyquist / n_bands``; convention in the module docstring.
     """
-    power, window = _stft_power(residual, sample_rate, frame_rate)
+    power, window = _stft_power(_mono(residual), sample_rate, frame_rate)
     freqs = np.fft.rfftfreq(_NOISE_FFT, 1.0 / sample_rate)
     band_of_bin = np.minimum((freqs / (0.5 * sample_rate) * n_bands).astype(int), n_bands - 1)
     # White noise of variance s^2 gives E|X_k|^2 = s^2 sum(w^2).
@@ -173,9 +179,7 @@ def analyze_note(audio: np.ndarray, sample_rate: int, f0_hz: float,
     Frames at ``frame_rate`` Hz, frame i centred on ``i / frame_rate`` seconds.
     Raises ``ValueError`` for non-1-D audio or non-positive f0.
     """
-    audio = np.asarray(audio, dtype=np.float64)
-    if audio.ndim != 1:
-        raise ValueError(f"audio must be mono (samples,), got shape {audio.shape}")
+    audio = _mono(audio)
     coefs, harmonic = _harmonic_fit(audio, sample_rate, f0_hz, frame_rate, n_harmonics)
     harm = np.abs(coefs).astype(np.float32)
     amp = harm.sum(axis=1)

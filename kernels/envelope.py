@@ -23,16 +23,16 @@ def advance_adsr(stage: np.ndarray, level: np.ndarray, dt: float, attack_s: floa
     attack_s, decay_s, release_s, fade_s = (max(t, 1e-3) for t in
                                             (attack_s, decay_s, release_s, fade_s))
     sustain = min(max(float(sustain), 0.0), 1.0)
+    d = stage == DECAY  # before the attack step: a voice reaching 1 holds it for this block
     a = stage == ATTACK
     if a.any():
         lv = level[a] + dt / attack_s
-        done = lv >= 1.0
+        done = lv >= 1.0 - 1e-6
         lv[done] = 1.0
         level[a] = lv
         st = stage[a]
         st[done] = DECAY
         stage[a] = st
-    d = stage == DECAY
     if d.any():
         k = np.exp(-dt * 5.0 / decay_s)
         lv = sustain + (level[d] - sustain) * k
