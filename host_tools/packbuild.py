@@ -11,6 +11,7 @@ and notes further off are reported.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -182,7 +183,10 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
     with Progress(disable=not progress) as bar:
         task = bar.add_task("analysing instruments", total=len(specs))
         if jobs > 1:
-            with ProcessPoolExecutor(jobs) as pool:
+            # spawn, not fork: a forked child can inherit a lock held by a thread of the
+            # parent (BLAS, fluidsynth, numba) and wait on it forever
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) \
+                    as pool:
                 futures = {pool.submit(_job, (s, settings)): i for i, s in enumerate(specs)}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
