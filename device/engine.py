@@ -38,8 +38,13 @@ from kernels import envelope as env
 from kernels.grid import grid_cell
 from kernels.limiter import SoftLimiter
 from kernels.noise import NoiseSynth
-from kernels.oscillator import (BANDLIMIT_LO, WavetableBank, bandlimit_gains, phase_increment,
-                                read_crossfade)
+from kernels.oscillator import (
+    BANDLIMIT_LO,
+    WavetableBank,
+    bandlimit_gains,
+    phase_increment,
+    read_crossfade,
+)
 
 _NOTE_ON, _NOTE_OFF, _ALL_NOTES_OFF, _ALL_SOUND_OFF = range(4)
 
@@ -206,7 +211,6 @@ class Engine:
 
     def render_block(self) -> np.ndarray:
         """Render one block: ``(block_size, channels)`` float32 in -1..1 (a reused buffer)."""
-        cfg = self.config
         self._drain_events()
         grid = self.grid
         if grid is not self._grid_seen:

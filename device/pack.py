@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.grid import CORNERS
 from kernels.quant import dequantize_db
 
 FORMAT = "morphbox-pack"
@@ -131,7 +132,7 @@ def _check_manifest(manifest: dict, where: Path) -> None:
         raise PackError(f"{where}: loop points {start!r}..{end!r} must satisfy "
                         f"0 <= start < end < frames ({dims['frames']})")
     corners = manifest.get("corners")
-    if not isinstance(corners, dict) or sorted(corners) != sorted(("NW", "NE", "SW", "SE")) or not all(
+    if not isinstance(corners, dict) or sorted(corners) != sorted(CORNERS) or not all(
             isinstance(i, int) and 0 <= i < dims["instruments"] for i in corners.values()):
         raise PackError(f"{where}: corners must map NW, NE, SW, SE to instrument indices")
     members = manifest.get("members")
@@ -261,7 +262,7 @@ class Grid:
     name: str = ""
 
     @classmethod
-    def from_parts(cls, harmonics_db: np.ndarray, noise_db: np.ndarray, **fields) -> "Grid":
+    def from_parts(cls, harmonics_db: np.ndarray, noise_db: np.ndarray, **fields) -> Grid:
         """Build from ``(G, G, A, F, K)`` and ``(G, G, A, F, B)`` dB arrays."""
         frames_db = np.concatenate([harmonics_db, noise_db], axis=-1).astype(np.float32)
         return cls(frames_db=frames_db, n_harmonics=harmonics_db.shape[-1],

@@ -121,8 +121,12 @@ def analyse_instrument(spec: InstrumentSpec, settings: PackSettings) -> Instrume
     and is marked ``borrowed`` in the manifest.
     Raises ``host_tools.sources.SourceError`` for unusable sources.
     """
-    from host_tools.sources import (SOURCE_SAMPLE_RATE, SoundFontRenderer, SourceError,
-                                    load_wav_folder)
+    from host_tools.sources import (
+        SOURCE_SAMPLE_RATE,
+        SoundFontRenderer,
+        SourceError,
+        load_wav_folder,
+    )
     rows: dict[int, tuple] = {}
     notes: dict[int, dict] = {}
     if spec.wav_folder is not None:
