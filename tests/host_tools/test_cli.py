@@ -1,0 +1,75 @@
+"""The morphbox command: help, pack info, render and the demo, on real files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mido
+import numpy as np
+import soundfile as sf
+
+from device.pack import DEFAULT_PACK
+from host_tools.cli import main
+
+
+def test_console_script_help_names_every_command():
+    exe = Path(sys.executable).with_name("morphbox")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    for word in ("demo", "render", "play", "pack", "devices", "touch paths"):
+        assert word in out
+
+
+def test_pack_info_lists_instruments_and_corners(capsys, tmp_path):
+    assert main(["pack", "info", "--picture", str(tmp_path / "grid.png")]) == 0
+    out = capsys.readouterr().out
+    assert "spectral pack v1" in out and "grid 9x9" in out
+    assert "Cello   <- corner NW" in out and "Church Organ   <- corner SE" in out
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corrupt_pack_is_refused_with_the_reason(capsys, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(DEFAULT_PACK, bad)
+    member = bad / "grid_noise.npy"
+    data = bytearray(member.read_bytes())
+    data[-1] ^= 0x01
+    member.write_bytes(bytes(data))
+    assert main(["pack", "info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "grid_noise.npy is corrupt" in err
+
+
+def test_render_a_midi_file_with_a_csv_touch_path(tmp_path):
+    mid = mido.MidiFile()
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=60, time=mid.ticks_per_beat * 2))  # 1 s
+    mid.save(tmp_path / "c.mid")
+    (tmp_path / "path.csv").write_text("time,x,y\n0,0,0\n1,1,1\n")
+    out = tmp_path / "c.wav"
+    assert main(["render", str(tmp_path / "c.mid"), "-o", str(out), "--path",
+                 str(tmp_path / "path.csv"), "--block-size", "64"]) == 0
+    audio, sr = sf.read(out)
+    assert sr == 48000 and audio.shape[1] == 2
+    assert 2.9 < len(audio) / sr < 3.2  # 1 s note + 2 s tail
+    assert np.abs(audio[:48000]).max() > 0.05
+    assert np.abs(audio[-4800:]).max() < 1e-3
+
+
+def test_demo_writes_the_chorale_and_its_picture(tmp_path, capsys):
+    assert main(["demo", "--live", "no", "--out", str(tmp_path)]) == 0
+    audio, sr = sf.read(tmp_path / "demo.wav")
+    assert sr == 48000
+    assert 75 < len(audio) / sr < 82
+    assert 0.2 < np.abs(audio).max() < 1.0
+    # the chorale sounds throughout: no silent second until the final chord's release
+    rms = np.sqrt(np.mean(audio[: 76 * sr, 0].reshape(76, sr) ** 2, axis=1))
+    assert rms.min() > 0.005
+    png = (tmp_path / "demo.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "not played live" in capsys.readouterr().out
