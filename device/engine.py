@@ -70,7 +70,7 @@ class EngineConfig:
     fade_voices: int = 8
     steal_fade_s: float = 0.006
     morph_smoothing_s: float = 0.03
-    voice_gain: float = 0.3
+    voice_gain: float = 0.5
     seed: int = 0
 
 
