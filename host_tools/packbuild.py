@@ -49,7 +49,7 @@ DEFAULT_PROGRAMS = {
     "NW": (42, 40, 41, 43),  # Cello, Violin, Viola, Contrabass
     "NE": (73, 71, 68, 60),  # Flute, Clarinet, Oboe, French Horn
     "SW": (0, 11, 4, 24),    # Acoustic Grand Piano, Vibraphone, Electric Piano 1, Nylon Guitar
-    "SE": (19, 16, 81, 89),  # Church Organ, Drawbar Organ, Lead 2 (sawtooth), Pad 2 (warm)
+    "SE": (19, 20, 81, 89),  # Church Organ, Reed Organ, Lead 2 (sawtooth), Pad 2 (warm)
 }
 
 
