@@ -1,0 +1,112 @@
+"""Choosing the corner instruments on the device: rebuild the grid, swap it in between blocks.
+
+The pack carries every source instrument's analysed frames, so a grid for any four of its N
+instruments (N^4 combinations: 65,536 for 16, of which the original box offered 256) can be
+made on the box. A rebuild runs on a background thread; the engine keeps playing the old grid
+and picks up the new one at its next block (:meth:`device.engine.Engine.set_grid` only swaps a
+reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`kernels.grid.
+spectral_grid`); a neural pack (issue 3) plugs its decoder in here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from device.pack import Grid, Pack, PackError
+from kernels.grid import CORNERS, spectral_grid
+from kernels.quant import dequantize_db
+
+
+def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
+    """Grid for ``corners`` (``{"NW": i, ...}``, instrument indices) from ``pack``'s
+    instruments. Raises :class:`PackError` for an unknown corner or instrument index."""
+    n = len(pack.instrument_names)
+    if sorted(corners) != sorted(CORNERS):
+        raise PackError(f"corners must name {', '.join(CORNERS)}, got {sorted(corners)}")
+    bad = {c: i for c, i in corners.items() if not (isinstance(i, int) and 0 <= i < n)}
+    if bad:
+        raise PackError(f"no such instrument for corner(s) {bad}: the pack has {n}")
+    m = pack.manifest
+    idx = [corners[c] for c in CORNERS]
+    size = int(m["grid_size"])
+    harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)
+    noise = spectral_grid(dequantize_db(pack.arrays["instruments_noise"][idx]), size)
+    return Grid.from_parts(harm, noise, anchors=m["pitch_anchors"],
+                           frame_rate=float(m["frame_rate"]), loop_start=int(m["loop"]["start"]),
+                           loop_end=int(m["loop"]["end"]),
+                           source_rate=float(m["source_sample_rate"]),
+                           name=f"{pack.name}:{'/'.join(str(i) for i in idx)}")
+
+
+class CornerSelector:
+    """Owns the active corner choice of a running engine.
+
+    :meth:`select` returns at once; the newest request wins if several arrive during a
+    rebuild. ``on_change(corners, seconds)`` is called from the worker after each swap (for the
+    OLED, logs); ``last_error`` keeps the reason a request was refused (the old grid plays on).
+    """
+
+    def __init__(self, engine, pack: Pack, corners: dict[str, int] | None = None,
+                 on_change=None):
+        self.engine = engine
+        self.pack = pack
+        self.corners = dict(corners or pack.corners)
+        self.on_change = on_change
+        self.last_error: str | None = None
+        self.last_seconds = 0.0
+        self._wanted: dict | None = None
+        self._cv = threading.Condition()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+
+    def select(self, corners: dict[str, int]) -> None:
+        """Ask for a new combination (any subset of corners may be given)."""
+        with self._cv:
+            self._wanted = {**(self._wanted or self.corners), **corners}
+            self._idle.clear()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="corner-rebuild",
+                                                daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def step(self, corner: str, delta: int) -> None:
+        """Move ``corner`` ``delta`` instruments on, wrapping (an encoder turn)."""
+        n = len(self.pack.instrument_names)
+        base = (self._wanted or self.corners)[corner]
+        self.select({corner: (base + delta) % n})
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no rebuild is pending (tests, CLI); True if idle."""
+        return self._idle.wait(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                wanted = self._wanted
+                self._wanted = None
+                if wanted is None:
+                    self._idle.set()
+                    self._thread = None
+                    return
+            t0 = time.perf_counter()
+            try:
+                grid = build_grid(self.pack, wanted)
+            except (PackError, ValueError) as exc:
+                self.last_error = str(exc)
+                continue
+            self.engine.set_grid(grid)
+            self.corners = wanted
+            self.last_error = None
+            self.last_seconds = time.perf_counter() - t0
+            if self.on_change is not None:
+                self.on_change(dict(wanted), self.last_seconds)
+
+
+def instrument_names(pack: Pack, corners: dict[str, int]) -> dict[str, str]:
+    """Corner -> instrument name, for display."""
+    names = pack.instrument_names
+    return {c: names[i] for c, i in corners.items()}
+
