@@ -118,7 +118,7 @@ class Engine:
         snap = self.controls.snapshot
         self._x, self._y, self._bend, self._volume = snap.x, snap.y, snap.bend, snap.volume
         self._table_bend = None
-        self._f0_table(grid.n_harmonics)
+        self._pitch_tables(grid.n_harmonics)
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self.blocks = 0
 
@@ -236,14 +236,14 @@ class Engine:
         self.blocks += 1
         return self._out
 
-    def _f0_table(self, n_harmonics: int) -> tuple[np.ndarray, np.ndarray]:
-        """f0 (Hz) and band-limit gains ``(128, K)`` of every MIDI note at the current bend,
-        recomputed only when the (smoothed) bend has moved."""
+    def _pitch_tables(self, n_harmonics: int) -> None:
+        """f0 (Hz), phase increments and band-limit gains ``(128, K)`` of every MIDI note at
+        the current bend, recomputed only when the (smoothed) bend has moved."""
         if self._bend != self._table_bend:
             self._table_bend = self._bend
             self._f0 = 440.0 * np.exp2((np.arange(128) + self._bend - 69.0) / 12.0)
+            self._inc = phase_increment(self._f0, self.config.sample_rate)
             self._bandlimit = bandlimit_gains(self._f0, n_harmonics, self.config.sample_rate)
-        return self._f0, self._bandlimit
 
     def _render_voices(self, grid: Grid, live: np.ndarray, snap) -> np.ndarray:
         cfg = self.config
@@ -258,11 +258,13 @@ class Engine:
         fr = (fpos - i0).astype(np.float32)[:, None]
         frames_db = _mix(grid.frames_db[iy0:iy0 + 2, ix0:ix0 + 2], w, self._anchor[live], i0,
                          fr)
-        mags = np.power(np.float32(10.0), frames_db * np.float32(0.05))
+        frames_db *= np.float32(np.log(10.0) / 20.0)  # dB -> nepers
+        mags = np.exp(frames_db)
         k = grid.n_harmonics
         amps = mags[:, :k]
         notes = self._note[live]
-        f0 = self._f0_table(grid.n_harmonics)[0][notes]
+        self._pitch_tables(k)
+        f0 = self._f0[notes]
         if f0.max() * k > BANDLIMIT_LO * cfg.sample_rate:
             amps *= self._bandlimit[notes]
         tables = self._bank.build(amps)
@@ -271,7 +273,7 @@ class Engine:
         if fresh.any():
             prev[fresh] = tables[fresh]
             self._fresh[live] = False
-        inc = phase_increment(f0, cfg.sample_rate)
+        inc = self._inc[notes]
         phase = self._phase[live]
         wave = read_crossfade(prev, tables, phase, inc, cfg.block_size, self._ramp)
         gain = self._gain[live] * np.float32(cfg.voice_gain)

@@ -23,9 +23,12 @@ def advance_adsr(stage: np.ndarray, level: np.ndarray, dt: float, attack_s: floa
     attack_s, decay_s, release_s, fade_s = (max(t, 1e-3) for t in
                                             (attack_s, decay_s, release_s, fade_s))
     sustain = min(max(float(sustain), 0.0), 1.0)
-    d = stage == DECAY  # before the attack step: a voice reaching 1 holds it for this block
-    a = stage == ATTACK
-    if a.any():
+    counts = np.bincount(stage, minlength=6)
+    if counts[SUSTAIN]:
+        level[stage == SUSTAIN] = sustain
+    d = stage == DECAY if counts[DECAY] else None  # before attack: a voice reaching 1 holds it
+    if counts[ATTACK]:
+        a = stage == ATTACK
         lv = level[a] + dt / attack_s
         done = lv >= 1.0 - 1e-6
         lv[done] = 1.0
@@ -33,22 +36,20 @@ def advance_adsr(stage: np.ndarray, level: np.ndarray, dt: float, attack_s: floa
         st = stage[a]
         st[done] = DECAY
         stage[a] = st
-    if d.any():
+    if d is not None:
         k = np.exp(-dt * 5.0 / decay_s)
         lv = sustain + (level[d] - sustain) * k
         st = stage[d]
         st[np.abs(lv - sustain) < 1e-3] = SUSTAIN
         level[d] = lv
         stage[d] = st
-    s = stage == SUSTAIN
-    if s.any():
-        level[s] = sustain
-    r = stage == RELEASE
-    if r.any():
+    if counts[RELEASE]:
+        r = stage == RELEASE
         level[r] *= np.exp(-dt * np.log(1000.0) / release_s)
-    f = stage == FADE
-    if f.any():
+    if counts[FADE]:
+        f = stage == FADE
         level[f] = np.maximum(level[f] - dt / fade_s, 0.0)
-    ended = ((stage == RELEASE) | (stage == FADE)) & (level < _END_LEVEL)
-    level[ended] = 0.0
-    stage[ended] = IDLE
+    if counts[RELEASE] or counts[FADE]:
+        ended = (stage >= RELEASE) & (level < _END_LEVEL)
+        level[ended] = 0.0
+        stage[ended] = IDLE

@@ -37,28 +37,29 @@ class NoiseSynth:
         # (bands, bins) map; bins above the source Nyquist get no noise.
         self._map = np.zeros((n_bands, len(freqs)), np.float32)
         self._map[band[inside].astype(int), np.flatnonzero(inside)] = 1.0
-        self._scale = np.float32(np.sqrt(sample_rate / source_rate) * np.sqrt(n_fft))
+        # gain sqrt(sample_rate / source_rate) keeps the spectral density (module docstring);
+        # sqrt(n_fft) makes the unit-power bins below unit variance after the inverse FFT
+        self._map *= np.float32(sample_rate / source_rate * n_fft)
         rng = np.random.default_rng(seed)
         pool = rng.standard_normal((self._POOL, len(freqs), 2)).astype(np.float32)
         # complex Gaussian with E|X|^2 = 1 per bin -> unit variance after irfft * sqrt(n_fft)
         self._pool = ((pool[..., 0] + 1j * pool[..., 1]) / np.sqrt(2)).astype(np.complex64)
-        self._window = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
-                               ).astype(np.float32)
-        self._carry = np.zeros(block_size, np.float32)
+        self._window = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft))
+        self._carry = np.zeros(block_size)
         self._rng = rng
 
     def render(self, band_power: np.ndarray) -> np.ndarray:
         """One block ``(block_size,)`` float32 of noise with ``band_power`` ``(n_bands,)``
         (sum over voices of squared band gains)."""
-        mag = np.sqrt(band_power.astype(np.float32) @ self._map) * self._scale
-        spec = self._pool[self._rng.integers(self._POOL)] * mag
-        frame = np.fft.irfft(spec).astype(np.float32) * self._window
-        out = self._carry + frame[:self.block_size]
+        mag = np.sqrt(band_power @ self._map)
+        frame = np.fft.irfft(self._pool[self._rng.integers(self._POOL)] * mag)
+        frame *= self._window
+        out = (self._carry + frame[:self.block_size]).astype(np.float32)
         self._carry = frame[self.block_size:]
         return out
 
     def silence(self) -> np.ndarray:
         """Flush: the carried tail of the last frame, then nothing, ``(block_size,)``."""
-        out = self._carry
-        self._carry = np.zeros(self.block_size, np.float32)
+        out = self._carry.astype(np.float32)
+        self._carry = np.zeros(self.block_size)
         return out
