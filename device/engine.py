@@ -120,6 +120,7 @@ class Engine:
         self._table_bend = None
         self._pitch_tables(grid.n_harmonics)
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
+        self._taps: tuple = ()
         self.blocks = 0
 
     # ---- input entry points (producer threads) -------------------------------------------
@@ -149,6 +150,15 @@ class Engine:
                                                        self.grid.n_noise_bands):
             raise ValueError("new grid has a different number of harmonics or noise bands")
         self.grid = grid
+
+    def add_tap(self, tap) -> None:
+        """Call ``tap(block)`` with every rendered block (read-only ``(block_size, channels)``
+        float32, valid only during the call), from the audio thread: it must copy what it
+        needs and return at once (e.g. into a ring buffer a recorder thread drains)."""
+        self._taps = (*self._taps, tap)
+
+    def remove_tap(self, tap) -> None:
+        self._taps = tuple(t for t in self._taps if t is not tap)
 
     @property
     def active_voices(self) -> int:
@@ -234,6 +244,8 @@ class Engine:
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
         self.blocks += 1
+        for tap in self._taps:
+            tap(self._out)
         return self._out
 
     def _pitch_tables(self, n_harmonics: int) -> None:

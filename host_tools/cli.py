@@ -15,6 +15,7 @@ examples:
   morphbox demo                         play the Bach demo, write out/demo.wav and out/demo.png
   morphbox render song.mid -o song.wav  render any MIDI file with a touch path
   morphbox play song.mid --path circle  play a MIDI file live on the audio output
+  morphbox run --midi song.mid --loop   run the box's service with simulated input
   morphbox pack build                   rebuild the default sound pack from FluidR3_GM
   morphbox pack info                    check a pack and list its instruments
   morphbox devices                      list audio outputs
@@ -48,37 +49,33 @@ def cmd_render(args) -> int:
     return 0
 
 
-def cmd_play(args) -> int:
-    import threading
+def cmd_run(args) -> int:
+    import logging
 
-    from device.audio import AudioStream
-    from device.engine import Engine
-    from device.midi import dispatch
-    from device.pack import grid_from_pack, load_pack
+    from device.service import MidiFilePart, Service, ServiceConfig, TouchPathPart
     from device.sim import midi_events, touch_path
-    cfg = _engine_config(args)
-    engine = Engine(grid_from_pack(load_pack(args.pack)), cfg)
-    events = midi_events(args.midi)
-    route = touch_path(args.path)
-    done = threading.Event()
-    with AudioStream(engine.render_block, sample_rate=cfg.sample_rate,
-                     block_size=cfg.block_size, channels=cfg.channels,
-                     device=args.device) as stream:
-        start = time.perf_counter()
-        i = 0
-        end = (events[-1][0] if events else 0) + 2.0
-        while not done.is_set():
-            now = time.perf_counter() - start
-            engine.controls.set_touch(*route(now))
-            while i < len(events) and events[i][0] <= now:
-                dispatch(engine, events[i][1])
-                i += 1
-            if now > end:
-                break
-            time.sleep(0.005)
-        st = stream.stats
-    print(f"played {st.blocks} blocks, {st.late_blocks} late, {st.xruns} xruns")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    service = Service(ServiceConfig(pack=args.pack, engine=_engine_config(args),
+                                    audio=args.audio, device=args.device))
+    seconds = args.seconds
+    if args.midi:
+        events = midi_events(args.midi)
+        service.add(MidiFilePart(service.engine, events, loop=args.loop))
+        if seconds is None and not args.loop:
+            seconds = (events[-1][0] if events else 0.0) + 2.0
+    if args.path:
+        service.add(TouchPathPart(service.controls, touch_path(args.path)))
+    print(f"morphbox running on {service.output.device_name} with pack '{service.pack.name}'"
+          + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"))
+    st = service.run(seconds)
+    print(f"played {st['blocks']} blocks: {st['late_blocks']} late, {st['xruns']} xruns, "
+          f"{st['errors']} errors")
     return 0
+
+
+def cmd_play(args) -> int:
+    args.audio, args.seconds, args.loop = "device", None, False
+    return cmd_run(args)
 
 
 def cmd_devices(args) -> int:
@@ -166,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     engine_opts(sp)
     sp.add_argument("--device", help="output device (index or part of its name)")
     sp.set_defaults(func=cmd_play)
+
+    sp = sub.add_parser("run", help="run the box's service (audio, inputs) until stopped",
+                        description="Run the device service. With --midi and --path it plays "
+                        "simulated input; without an audio output it renders in real time "
+                        "into nothing, so the service also runs on a laptop.")
+    engine_opts(sp, midi=False)
+    sp.set_defaults(path=None)
+    sp.add_argument("--midi", help="play this MIDI file as input")
+    sp.add_argument("--loop", action="store_true", help="repeat the MIDI file")
+    sp.add_argument("--seconds", type=float, help="stop after this long")
+    sp.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
+    sp.add_argument("--device", help="output device (index or part of its name)")
+    sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("devices", help="list audio output devices")
     sp.set_defaults(func=cmd_devices)
