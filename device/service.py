@@ -174,22 +174,24 @@ class Service:
         return status
 
 
-class TouchPathPart:
-    """Simulated touch: follows a :class:`device.sim.TouchPath` at ``rate`` Hz."""
+class ThreadPart:
+    """A service part that runs :meth:`loop` on its own daemon thread until stopped.
 
-    def __init__(self, controls, path, rate: float = 200.0):
-        self.controls, self.path, self.rate = controls, path, rate
+    Subclasses implement ``loop()`` and wait with ``self._stop.wait(seconds)`` (True: stop).
+    """
+
+    name = "part"
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def loop(self) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
-        t0 = time.perf_counter()
-
-        def loop():
-            while not self._stop.wait(1.0 / self.rate):
-                self.controls.set_touch(*self.path(time.perf_counter() - t0))
-
-        self._thread = threading.Thread(target=loop, name="sim-touch", daemon=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.loop, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -198,34 +200,42 @@ class TouchPathPart:
             self._thread.join(timeout=1)
 
 
-class MidiFilePart:
+class TouchPathPart(ThreadPart):
+    """Simulated touch: follows a :class:`device.sim.TouchPath` at ``rate`` Hz."""
+
+    name = "sim-touch"
+
+    def __init__(self, controls, path, rate: float = 200.0):
+        super().__init__()
+        self.controls, self.path, self.rate = controls, path, rate
+
+    def loop(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(1.0 / self.rate):
+            self.controls.set_touch(*self.path(time.perf_counter() - t0))
+
+
+class MidiFilePart(ThreadPart):
     """Simulated MIDI input: plays a file's messages in real time through
     :func:`device.midi.dispatch`, looping if ``loop``."""
 
+    name = "sim-midi"
+
     def __init__(self, engine, events: list, loop: bool = False):
-        self.engine, self.events, self.loop = engine, events, loop
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
+        self.engine, self.events, self.repeat = engine, events, loop
 
-    def start(self) -> None:
+    def loop(self) -> None:
         from device.midi import dispatch
-
-        def loop():
-            while True:
-                t0 = time.perf_counter()
-                for when, msg in self.events:
-                    if self._stop.wait(max(0.0, when - (time.perf_counter() - t0))):
-                        return
-                    dispatch(self.engine, msg)
-                if not self.loop or self._stop.wait(1.0):
+        while True:
+            t0 = time.perf_counter()
+            for when, msg in self.events:
+                if self._stop.wait(max(0.0, when - (time.perf_counter() - t0))):
                     return
-
-        self._thread = threading.Thread(target=loop, name="sim-midi", daemon=True)
-        self._thread.start()
+                dispatch(self.engine, msg)
+            if not self.repeat or self._stop.wait(1.0):
+                return
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=1)
+        super().stop()
         self.engine.all_notes_off()
-
