@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _pyaudio = None
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["AudioError", "AudioStats", "AudioStream", "list_output_devices"]
 

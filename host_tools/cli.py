@@ -16,6 +16,8 @@ examples:
   morphbox render song.mid -o song.wav  render any MIDI file with a touch path
   morphbox play song.mid --path circle  play a MIDI file live on the audio output
   morphbox run --midi song.mid --loop   run the box's service with simulated input
+  morphbox run --midi-in                run the box's service played from MIDI keyboards
+  morphbox record start|stop            record the running session (MIDI, morph, audio)
   morphbox pack build                   rebuild the default sound pack from FluidR3_GM
   morphbox pack info                    check a pack and list its instruments
   morphbox devices                      list audio outputs
@@ -65,6 +67,11 @@ def cmd_run(args) -> int:
             seconds = (events[-1][0] if events else 0.0) + 2.0
     if args.path:
         service.add(TouchPathPart(service.controls, touch_path(args.path)))
+    if args.midi_in or args.record:
+        from device.midi import attach
+        setup = attach(service, args.midi_config)
+        if args.record:
+            setup.recorder.start_recording()
     print(f"morphbox running on {service.output.device_name} with pack '{service.pack.name}'"
           + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"))
     st = service.run(seconds)
@@ -75,7 +82,21 @@ def cmd_run(args) -> int:
 
 def cmd_play(args) -> int:
     args.audio, args.seconds, args.loop = "device", None, False
+    args.midi_in = args.record = False
+    args.midi_config = None
     return cmd_run(args)
+
+
+def cmd_record(args) -> int:
+    from device.recorder import request
+    try:
+        st = request(args.action)
+    except TimeoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    cur = st.get("current") or st.get("last") or {}
+    print(("recording " if st.get("recording") else "stopped ") + str(cur.get("wav", "")))
+    return 0
 
 
 def cmd_devices(args) -> int:
@@ -175,7 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seconds", type=float, help="stop after this long")
     sp.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
     sp.add_argument("--device", help="output device (index or part of its name)")
+    sp.add_argument("--midi-in", action="store_true",
+                    help="play from MIDI inputs: USB (ALSA), JACK, DIN (see docs/midi.md)")
+    sp.add_argument("--midi-config", help="MIDI TOML config (channel, CC map, DIN port)")
+    sp.add_argument("--record", action="store_true",
+                    help="record MIDI, morph and audio from the start")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("record", help="start or stop recording on the running service")
+    sp.add_argument("action", choices=("start", "stop", "toggle"))
+    sp.set_defaults(func=cmd_record)
 
     sp = sub.add_parser("devices", help="list audio output devices")
     sp.set_defaults(func=cmd_devices)

@@ -1,0 +1,243 @@
+"""MIDI latency and a MIDI storm through JACK: virtual MIDI port -> router -> engine -> stream.
+
+    .venv/bin/python bench/midi_latency.py [--notes 200] [--seconds 60] [--rate 1000]
+
+Starts its own ``jackd --no-realtime -d dummy -r 48000 -p 128`` (a real-time-paced server
+without a sound card), opens the engine's PyAudio stream on it (128-frame blocks) and the
+MIDI input exactly as the box does (:func:`device.midi_inputs.rtmidi_scanner` over JACK ->
+:class:`device.midi.MidiRouter`), and plays it from an rtmidi virtual JACK MIDI port.
+
+1. Latency, over ``--notes`` notes: the time from ``send_message(note_on)`` to the end of the
+   render of the first block holding a non-zero sample (an engine tap, timestamped with
+   ``perf_counter``), plus PortAudio's reported output latency (the block still has to leave
+   through the stream's buffer). Target: <= 2 blocks + 1 ms (6.33 ms).
+2. Storm: ``--rate`` MIDI messages per second for ``--seconds`` (notes on/off, morph CCs, pitch
+   bend, sustain pedal, clock): late blocks (render longer than a block period), xruns, render
+   errors, and stuck notes (voices still sounding / keys still held 1.5 s after the last
+   note-off). Target 0.
+
+Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SR, BLOCK = 48000, 128
+
+
+def start_jackd(name: str) -> subprocess.Popen:
+    jackd = shutil.which("jackd")
+    if jackd is None:
+        sys.exit("jackd is not installed (apt-get install jackd2)")
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+    log = open(Path(tempfile.gettempdir()) / f"{name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SR),
+                             "-p", str(BLOCK)], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    env["JACK_DEFAULT_SERVER"] = name
+    deadline = time.monotonic() + 20
+    while True:
+        res = subprocess.run(["jack_lsp"], env=env, capture_output=True, text=True, check=False)
+        if res.returncode == 0 and "system:playback_1" in res.stdout:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit(f"jackd did not start (log: {log.name})")
+        time.sleep(0.1)
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    return proc
+
+
+class FirstSound:
+    """Engine tap: remembers when the first non-silent block after :meth:`arm` was rendered.
+    Runs in the audio callback: compares, stores a float, returns."""
+
+    def __init__(self):
+        self.armed = False
+        self.t_hit = 0.0
+
+    def arm(self):
+        self.t_hit = 0.0
+        self.armed = True
+
+    def __call__(self, block):
+        if self.armed and block.any():
+            self.t_hit = time.perf_counter()
+            self.armed = False
+
+
+def wait_for(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
+def latency(engine, stream, keyboard, notes: int) -> dict:
+    tap = FirstSound()
+    engine.add_tap(tap)
+    rng = random.Random(1)
+    lat, missed = [], 0
+    for i in range(notes):
+        note = 48 + i % 25
+        wait_for(lambda: engine.active_voices == 0, 2.0)
+        time.sleep(0.01 + rng.random() * BLOCK / SR)  # all phases of the block clock
+        tap.arm()
+        t0 = time.perf_counter()
+        keyboard.send_message([0x90, note, 100])
+        if wait_for(lambda: tap.t_hit, 1.0):
+            lat.append(tap.t_hit - t0)
+        else:
+            missed += 1
+            tap.armed = False
+        keyboard.send_message([0x80, note, 0])
+    engine.remove_tap(tap)
+    out_lat = 0.0
+    try:
+        out_lat = float(stream._stream.get_output_latency())
+    except Exception:  # noqa: BLE001
+        pass
+    ms = np.array(lat) * 1000
+    return {"n": len(lat), "missed": missed, "median": float(np.median(ms)),
+            "p99": float(np.percentile(ms, 99)), "max": float(ms.max()),
+            "out_ms": out_lat * 1000}
+
+
+def storm(engine, stream, router, keyboard, seconds: float, rate: int) -> dict:
+    rng = random.Random(2)
+    st0 = stream.stats
+    recv0 = router.received + router.ignored
+    held: set[int] = set()
+    sent = 0
+    batch = max(1, rate // 200)  # send in 5 ms batches
+    period = batch / rate
+    t_next = time.perf_counter()
+    t_end = t_next + seconds
+    pedal = False
+    while time.perf_counter() < t_end:
+        for _ in range(batch):
+            r = rng.random()
+            if r < 0.35 or not held:
+                n = rng.randrange(36, 96)
+                msg = [0x90, n, rng.randrange(1, 128)]
+                held.add(n)
+            elif r < 0.70:
+                n = rng.choice(sorted(held))
+                held.discard(n)
+                msg = [0x80, n, 0] if rng.random() < 0.5 else [0x90, n, 0]
+            elif r < 0.85:
+                msg = [0xB0, rng.choice((16, 17, 1)), rng.randrange(128)]
+            elif r < 0.95:
+                v = rng.randrange(16384)
+                msg = [0xE0, v & 127, v >> 7]
+            elif r < 0.97:
+                pedal = not pedal
+                msg = [0xB0, 64, 127 if pedal else 0]
+            else:
+                msg = [0xF8]  # clock: filtered at the port, harmless
+            keyboard.send_message(msg)
+            sent += 1
+        t_next += period
+        delay = t_next - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    for n in sorted(held):
+        keyboard.send_message([0x80, n, 0])
+        sent += 1
+    keyboard.send_message([0xB0, 64, 0])
+    keyboard.send_message([0xE0, 0, 64])
+    sent += 2
+    router.wait_idle(10)
+    time.sleep(1.5)  # the longest release (0.4 s default) is long over
+    st = stream.stats
+    return {"seconds": seconds, "sent": sent, "rate": sent / seconds,
+            "applied": router.received + router.ignored - recv0,
+            "blocks": st.blocks - st0.blocks, "late": st.late_blocks - st0.late_blocks,
+            "xruns": st.xruns - st0.xruns, "errors": st.errors - st0.errors,
+            "max_render_ms": st.max_render_s * 1000,
+            "stuck_voices": engine.active_voices,
+            "stuck_keys": len(router.held_notes) + len(router.sustained_notes)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--notes", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--rate", type=int, default=1000, help="storm messages per second")
+    args = ap.parse_args(argv)
+
+    proc = start_jackd(f"morphbox-bench-{os.getpid()}")
+    try:
+        import rtmidi
+
+        from device.audio import AudioStream
+        from device.engine import Engine, EngineConfig
+        from device.midi import MidiRouter
+        from device.midi_inputs import rtmidi_scanner
+        from device.pack import load_default_grid
+
+        engine = Engine(load_default_grid(), EngineConfig(sample_rate=SR, block_size=BLOCK))
+        engine.controls.set_adsr(attack_s=0.001, release_s=0.01)
+        router = MidiRouter(engine)
+        scanner = rtmidi_scanner(router.put, "jack", poll_s=0.25)
+        keyboard = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="bench-kbd")
+        with AudioStream(engine.render_block, host_api="JACK", sample_rate=SR,
+                         block_size=BLOCK) as stream:
+            router.start()
+            scanner.start()
+            keyboard.open_virtual_port("keys")
+            if not wait_for(lambda: scanner.open_ports, 5):
+                sys.exit("the virtual MIDI port was not picked up")
+            time.sleep(0.5)
+            lat = latency(engine, stream, keyboard, args.notes)
+            engine.controls.set_adsr(attack_s=0.01, release_s=0.4)
+            sto = storm(engine, stream, router, keyboard, args.seconds, args.rate)
+            scanner.stop()
+            router.stop()
+        keyboard.close_port()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    target = 2 * BLOCK / SR * 1000 + 1
+    print(f"MIDI latency: JACK virtual MIDI port -> router -> engine -> PortAudio/JACK "
+          f"({SR} Hz, {BLOCK}-frame blocks = {BLOCK / SR * 1000:.2f} ms), "
+          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print("| notes | missed | to render, median | p99 | max | + output buffer | "
+          "total median | total p99 | target |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    o = lat["out_ms"]
+    print(f"| {lat['n']} | {lat['missed']} | {lat['median']:.2f} ms | {lat['p99']:.2f} ms | "
+          f"{lat['max']:.2f} ms | {o:.2f} ms | {lat['median'] + o:.2f} ms | "
+          f"{lat['p99'] + o:.2f} ms | <= {target:.2f} ms |")
+    print(f"\nMIDI storm: {args.rate} messages/s for {args.seconds:g} s\n")
+    print("| sent | applied | blocks | late blocks | xruns | errors | max render | "
+          "stuck voices | stuck keys |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    s = sto
+    print(f"| {s['sent']} ({s['rate']:.0f}/s) | {s['applied']} | {s['blocks']} | {s['late']} | "
+          f"{s['xruns']} | {s['errors']} | {s['max_render_ms']:.2f} ms | {s['stuck_voices']} | "
+          f"{s['stuck_keys']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
