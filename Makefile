@@ -17,6 +17,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/engine.py
+	$(PY) bench/controls.py
 	$(PY) bench/midi_latency.py
 
 pack: setup

@@ -16,6 +16,7 @@ examples:
   morphbox render song.mid -o song.wav  render any MIDI file with a touch path
   morphbox play song.mid --path circle  play a MIDI file live on the audio output
   morphbox run --midi song.mid --loop   run the box's service with simulated input
+  morphbox run --profile sim            the whole box on a laptop: simulated touch and controls
   morphbox run --midi-in                run the box's service played from MIDI keyboards
   morphbox record start|stop            record the running session (MIDI, morph, audio)
   morphbox pack build                   rebuild the default sound pack from FluidR3_GM
@@ -67,6 +68,10 @@ def cmd_run(args) -> int:
             seconds = (events[-1][0] if events else 0.0) + 2.0
     if args.path:
         service.add(TouchPathPart(service.controls, touch_path(args.path)))
+    if args.profile:
+        from device.controlloop import attach as attach_controls
+        from device.profiles import load_profile
+        attach_controls(service, load_profile(args.profile))
     if args.midi_in or args.record:
         from device.midi import attach
         setup = attach(service, args.midi_config)
@@ -83,7 +88,7 @@ def cmd_run(args) -> int:
 def cmd_play(args) -> int:
     args.audio, args.seconds, args.loop = "device", None, False
     args.midi_in = args.record = False
-    args.midi_config = None
+    args.midi_config = args.profile = None
     return cmd_run(args)
 
 
@@ -196,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seconds", type=float, help="stop after this long")
     sp.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
     sp.add_argument("--device", help="output device (index or part of its name)")
+    sp.add_argument("--profile", help="hardware profile: sim (simulated touch surface, pots, "
+                    "encoders and OLED), trill, nsynth-super, or a TOML file "
+                    "(docs/hardware.md)")
     sp.add_argument("--midi-in", action="store_true",
                     help="play from MIDI inputs: USB (ALSA), JACK, DIN (see docs/midi.md)")
     sp.add_argument("--midi-config", help="MIDI TOML config (channel, CC map, DIN port)")
@@ -245,8 +253,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     from device.pack import PackError
+    from hardware.errors import HardwareError
     try:
         return args.func(args)
+    except HardwareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # ProfileError, TouchPathError, bad settings: say why, no trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except PackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

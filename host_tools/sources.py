@@ -32,7 +32,7 @@ import soundfile
 import soxr
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 SOURCE_SAMPLE_RATE = 16000  # Hz, NSynth-style
 NOTE_SECONDS = 4.0  # total note length

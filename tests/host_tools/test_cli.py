@@ -73,3 +73,22 @@ def test_demo_writes_the_chorale_and_its_picture(tmp_path, capsys):
     png = (tmp_path / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "not played live" in capsys.readouterr().out
+
+
+def test_run_the_whole_box_on_the_sim_profile(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MORPHBOX_STATE_DIR", str(tmp_path))
+    mid = mido.MidiFile()
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.Message("note_on", note=64, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=64, time=mid.ticks_per_beat))
+    mid.save(tmp_path / "e.mid")
+    assert main(["run", "--profile", "sim", "--midi", str(tmp_path / "e.mid"), "--audio", "none",
+                 "--seconds", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "0 late, 0 xruns, 0 errors" in out
+
+
+def test_run_refuses_an_unknown_profile(capsys):
+    assert main(["run", "--profile", "no-such-box", "--audio", "none", "--seconds", "1"]) == 2
+    assert "no hardware profile 'no-such-box'" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Patches: corners + ADSR + volume + morph position, in 4 slots as on the original box.
+
+Each slot is a JSON file ``patch-<slot>.json`` (slot 1..4) in the state directory:
+``MORPHBOX_STATE_DIR``, else ``~/.local/state/morphbox`` (``/var/lib/morphbox`` on the Pi, set
+by the unit file). Files are written atomically (temp file in the same directory, fsync,
+``os.replace``, fsync of the directory): a power cut leaves the old patch or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CORNERS = ("NW", "NE", "SW", "SE")
+SLOTS = 4
+
+
+class PatchError(ValueError):
+    """A patch or slot is invalid, or a patch file cannot be read or written."""
+
+
+def state_dir() -> Path:
+    """``MORPHBOX_STATE_DIR`` or ``~/.local/state/morphbox``."""
+    env = os.environ.get("MORPHBOX_STATE_DIR", "").strip()
+    return Path(env) if env else Path.home() / ".local" / "state" / "morphbox"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """``corners``: ``{"NW": instrument index, ...}``; ADSR in seconds (sustain 0..1);
+    ``volume`` 0..1; morph position ``x``, ``y`` 0..1."""
+
+    corners: dict
+    attack_s: float
+    decay_s: float
+    sustain: float
+    release_s: float
+    volume: float
+    x: float = 0.5
+    y: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Patch:
+        """Validated patch from parsed JSON; PatchError naming the bad field."""
+        if not isinstance(d, dict):
+            raise PatchError(f"a patch is a JSON object, got {type(d).__name__}")
+        corners = d.get("corners")
+        if not isinstance(corners, dict) or sorted(corners) != sorted(CORNERS) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in corners.values()):
+            raise PatchError(f"patch corners must map {', '.join(CORNERS)} to instrument "
+                             f"indices >= 0, got {corners!r}")
+        vals = {}
+        for name, lo, hi in (("attack_s", 0, 60), ("decay_s", 0, 60), ("sustain", 0, 1),
+                             ("release_s", 0, 60), ("volume", 0, 1), ("x", 0, 1), ("y", 0, 1)):
+            v = d.get(name, 0.5 if name in ("x", "y") else None)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+                raise PatchError(f"patch field {name!r} must be a number in {lo}..{hi}, got {v!r}")
+            vals[name] = float(v)
+        return cls(corners={c: int(corners[c]) for c in CORNERS}, **vals)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_slot(slot: int) -> int:
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 1 <= slot <= SLOTS:
+        raise PatchError(f"patch slot must be 1..{SLOTS}, got {slot!r}")
+    return slot
+
+
+class PatchStore:
+    """Patch slots in ``directory`` (default :func:`state_dir`), created when first saved."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self.directory = Path(directory) if directory else state_dir()
+
+    def path(self, slot: int) -> Path:
+        return self.directory / f"patch-{_check_slot(slot)}.json"
+
+    def save(self, slot: int, patch: Patch) -> Path:
+        """Write ``patch`` to ``slot`` atomically. PatchError if the directory is not writable
+        (the old patch is left as it was)."""
+        path = self.path(slot)
+        data = json.dumps(patch.to_dict(), indent=1, sort_keys=True).encode()
+        tmp = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".patch-{slot}.", suffix=".tmp",
+                                       dir=self.directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise PatchError(f"cannot save patch {slot} to {path}: {exc}") from exc
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        return path
+
+    def load(self, slot: int) -> Patch | None:
+        """The patch in ``slot``, or None if the slot is empty. PatchError if the file is
+        unreadable or invalid (the file is left alone)."""
+        path = self.path(slot)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PatchError(f"cannot read patch {slot} from {path}: {exc}") from exc
+        try:
+            return Patch.from_dict(json.loads(text))
+        except (json.JSONDecodeError, PatchError) as exc:
+            raise PatchError(f"patch file {path} is invalid: {exc}") from exc
