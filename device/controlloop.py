@@ -161,7 +161,7 @@ class ControlLoop:
             callables run at stop (close GPIO, the bus).
 
     ``step(now)`` runs one poll (tests and benches call it directly). ``stats`` counts polls
-    and faults; ``position_offset`` holds the position pot (0..1); ``message`` the OLED text.
+    and faults; ``position_offset`` holds the position pot (0..1), also sent to the engine as the notes' start point; ``message`` the OLED text.
     """
 
     def __init__(self, service, touch, *, pots=None, encoders=None, buttons=None, display=None,
@@ -284,6 +284,7 @@ class ControlLoop:
                 c.set_volume(out)
             elif role == "position":
                 self.position_offset = out
+                c.set_position(out)
             elif role in self._pot_values:
                 self._pot_values[role] = out
                 adsr_changed.append(role)

@@ -25,6 +25,8 @@ class ControlState:
         volume: master volume, linear 0..1.
         attack_s, decay_s, release_s: ADSR times, seconds; sustain: level 0..1.
         bend: pitch bend, semitones (already scaled by the bend range).
+        position: where new notes start in their source note, 0 = the onset, 1 = the start
+            of the sustain loop (the original box's "position" pot: skips the attack).
     """
 
     x: float = 0.5
@@ -36,6 +38,7 @@ class ControlState:
     sustain: float = 0.8
     release_s: float = 0.4
     bend: float = 0.0
+    position: float = 0.0
 
 
 def _unit(v: float) -> float:
@@ -72,6 +75,10 @@ class Controls:
 
     def set_volume(self, volume: float) -> None:
         self.update(volume=_unit(volume))
+
+    def set_position(self, position: float) -> None:
+        """Start point of new notes, 0..1 (clipped): onset .. sustain loop start."""
+        self.update(position=_unit(position))
 
     def set_bend(self, semitones: float) -> None:
         self.update(bend=float(semitones))

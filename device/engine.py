@@ -190,7 +190,7 @@ class Engine:
         self._age[slot] = self._counter
         self._held[slot] = True
         self._phase[slot] = 0
-        self._fpos[slot] = 0.0
+        self._fpos[slot] = self.controls.snapshot.position * self.grid.loop_start
         self._fdir[slot] = 1.0
         self._anchor[slot] = np.argmin(np.abs(self.grid.anchors - note))
         self._fresh[slot] = True

@@ -165,6 +165,7 @@ def test_pot_hysteresis_and_adsr_curves(service):
     rig.set_pot("position", 0.25)
     settle()
     assert loop.position_offset == pytest.approx(0.25, abs=2e-3)
+    assert loop.service.controls.snapshot.position == pytest.approx(0.25, abs=2e-3)
     loop.stop()
 
 

@@ -226,3 +226,15 @@ def test_grid_swap_while_playing(grid):
     b = mono(e, 0.3)
     assert np.isfinite(b).all() and np.abs(b).max() > 0.01
     assert np.abs(np.diff(np.concatenate([a[-64:], b[:256]]))).max() < 0.2
+
+
+def test_position_skips_the_attack_of_new_notes(grid):
+    """Position 1 starts notes at the sustain loop: the piano's onset transient is skipped,
+    so the first 20 ms are much quieter than from the onset."""
+    onsets = []
+    for position in (0.0, 1.0):
+        e = make_engine(grid, 0.0, 1.0)  # SW: piano
+        e.controls.set_position(position)
+        e.note_on(60, 110)
+        onsets.append(np.abs(mono(e, 0.02)).max())
+    assert onsets[1] < 0.5 * onsets[0]
