@@ -161,7 +161,8 @@ class ControlLoop:
             callables run at stop (close GPIO, the bus).
 
     ``step(now)`` runs one poll (tests and benches call it directly). ``stats`` counts polls
-    and faults; ``position_offset`` holds the position pot (0..1), also sent to the engine as the notes' start point; ``message`` the OLED text.
+    and faults; ``position_offset`` holds the position pot (0..1), also sent to the engine as
+    the start point of new notes; ``message`` the OLED text.
     """
 
     def __init__(self, service, touch, *, pots=None, encoders=None, buttons=None, display=None,
