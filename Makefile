@@ -4,7 +4,8 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := fluidsynth fluid-soundfont-gm portaudio19-dev jackd2 libsndfile1 python3-venv
+APT_PKGS := fluidsynth fluid-soundfont-gm portaudio19-dev jackd2 libsndfile1 python3-venv \
+            chromium chromium-driver
 STAMPS  := .make
 
 .PHONY: demo test bench pack lint clean setup
@@ -19,6 +20,7 @@ bench: setup
 	$(PY) bench/engine.py
 	$(PY) bench/controls.py
 	$(PY) bench/midi_latency.py
+	$(PY) bench/flash.py
 
 pack: setup
 	$(VENV)/bin/morphbox pack build

@@ -19,6 +19,10 @@ examples:
   morphbox run --profile sim            the whole box on a laptop: simulated touch and controls
   morphbox run --midi-in                run the box's service played from MIDI keyboards
   morphbox record start|stop            record the running session (MIDI, morph, audio)
+  morphbox keys init                    create this laptop's pack-signing key
+  morphbox pair --device HOST --token T put this laptop's key on a box
+  morphbox pack flash PACK --device HOST  install a signed pack on a box and play it
+  morphbox run --api --bind 0.0.0.0:8750  the box's service with its web page and API
   morphbox pack build                   rebuild the default sound pack from FluidR3_GM
   morphbox pack info                    check a pack and list its instruments
   morphbox devices                      list audio outputs
@@ -58,6 +62,16 @@ def cmd_run(args) -> int:
     from device.service import MidiFilePart, Service, ServiceConfig, TouchPathPart
     from device.sim import midi_events, touch_path
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    store = None
+    if args.state_dir:
+        import os
+        os.environ["MORPHBOX_STATE_DIR"] = args.state_dir  # recorder, patches: same place
+    if args.api:
+        from device.pack import DEFAULT_PACK
+        from device.packstore import PackStore
+        store = PackStore(args.state_dir)
+        if args.pack == str(DEFAULT_PACK):  # no --pack: the store's active pack (or fallback)
+            args.pack = str(store.startup()[1].path)
     service = Service(ServiceConfig(pack=args.pack, engine=_engine_config(args),
                                     audio=args.audio, device=args.device))
     seconds = args.seconds
@@ -77,6 +91,11 @@ def cmd_run(args) -> int:
         setup = attach(service, args.midi_config)
         if args.record:
             setup.recorder.start_recording()
+    if store is not None:
+        from device.api import attach_api, parse_bind
+        attach_api(service, store, *parse_bind(args.bind))
+        print(f"HTTP API and web page on http://{args.bind}/ (pairing token: "
+              f"morphbox token)")
     print(f"morphbox running on {service.output.device_name} with pack '{service.pack.name}'"
           + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"))
     st = service.run(seconds)
@@ -87,8 +106,8 @@ def cmd_run(args) -> int:
 
 def cmd_play(args) -> int:
     args.audio, args.seconds, args.loop = "device", None, False
-    args.midi_in = args.record = False
-    args.midi_config = args.profile = None
+    args.midi_in = args.record = args.api = False
+    args.midi_config = args.profile = args.state_dir = None
     return cmd_run(args)
 
 
@@ -155,6 +174,44 @@ def cmd_pack_info(args) -> int:
     return 0
 
 
+def cmd_keys_init(args) -> int:
+    from host_tools.flash import keys_init
+    path, kid = keys_init(force=args.force)
+    print(f"wrote {path} (key {kid}); next, on the laptop: "
+          f"morphbox pair --device HOST --token TOKEN")
+    return 0
+
+
+def cmd_pair(args) -> int:
+    from host_tools.flash import pair
+    kid = pair(args.device, args.token, label=args.label)
+    print(f"paired key {kid} with {args.device}; flash with: "
+          f"morphbox pack flash PACK --device {args.device}")
+    return 0
+
+
+def cmd_token(args) -> int:
+    from device.packstore import PackStore
+    print(PackStore(args.state_dir).token)
+    return 0
+
+
+def cmd_pack_archive(args) -> int:
+    from host_tools.flash import archive
+    out = archive(args.pack, args.output)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, signed)")
+    return 0
+
+
+def cmd_pack_flash(args) -> int:
+    from host_tools.flash import flash
+    a = flash(args.pack, args.device, token=args.token, activate=not args.no_activate,
+              show_progress=not args.quiet)
+    print(f"installed {a['id']} ({a['bytes'] / 1e6:.1f} MB)"
+          + (", now playing" if a.get("activated") else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from device.pack import DEFAULT_PACK
     p = argparse.ArgumentParser(
@@ -209,7 +266,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--midi-config", help="MIDI TOML config (channel, CC map, DIN port)")
     sp.add_argument("--record", action="store_true",
                     help="record MIDI, morph and audio from the start")
+    sp.add_argument("--api", action="store_true", help="serve the HTTP API and web page for "
+                    "flashing packs (docs/flashing.md); plays the state dir's active pack")
+    sp.add_argument("--bind", default="127.0.0.1:8750", help="API address HOST[:PORT] "
+                    "(default 127.0.0.1:8750; 0.0.0.0:8750 to reach it from the LAN)")
+    sp.add_argument("--state-dir", help="packs, keys, token, recordings (default "
+                    "$MORPHBOX_STATE_DIR, else ~/.local/state/morphbox)")
     sp.set_defaults(func=cmd_run)
+
+    kp = sub.add_parser("keys", help="the laptop's pack-signing key")
+    ksub = kp.add_subparsers(dest="keys_command", metavar="ACTION")
+    sp = ksub.add_parser("init", help="create the Ed25519 signing key "
+                         "(~/.config/morphbox/signing_key.pem)")
+    sp.add_argument("--force", action="store_true", help="replace an existing key")
+    sp.set_defaults(func=cmd_keys_init)
+
+    sp = sub.add_parser("pair", help="put this laptop's public key on a box")
+    sp.add_argument("--device", required=True, help="the box: HOST or HOST:PORT (port 8750)")
+    sp.add_argument("--token", required=True,
+                    help="the box's pairing token (`morphbox token` on the box)")
+    sp.add_argument("--label", help="name for this laptop on the box (default: host name)")
+    sp.set_defaults(func=cmd_pair)
+
+    sp = sub.add_parser("token", help="print this box's pairing token (run it on the box)")
+    sp.add_argument("--state-dir", help="default $MORPHBOX_STATE_DIR or ~/.local/state/morphbox")
+    sp.set_defaults(func=cmd_token)
 
     sp = sub.add_parser("record", help="start or stop recording on the running service")
     sp.add_argument("action", choices=("start", "stop", "toggle"))
@@ -243,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack", nargs="?", default=str(DEFAULT_PACK))
     sp.add_argument("--picture", metavar="PNG", help="also draw the morph grid")
     sp.set_defaults(func=cmd_pack_info)
+    sp = psub.add_parser("archive", help="sign a pack into one .mbpack file")
+    sp.add_argument("pack", help="pack directory")
+    sp.add_argument("-o", "--output", help="archive file (default: PACK.mbpack beside it)")
+    sp.set_defaults(func=cmd_pack_archive)
+    sp = psub.add_parser("flash", help="install a pack on a box and play it",
+                         description="Sign (if a directory), upload with a progress bar, "
+                         "verify on the box, activate. See docs/flashing.md.")
+    sp.add_argument("pack", help="pack directory or .mbpack file")
+    sp.add_argument("--device", required=True, help="HOST or HOST:PORT (port 8750)")
+    sp.add_argument("--token", help="pairing token (default: the one `morphbox pair` saved)")
+    sp.add_argument("--no-activate", action="store_true", help="install only")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_pack_flash)
     return p
 
 
@@ -254,8 +348,12 @@ def main(argv=None) -> int:
         return 0 if args.command is None else 2
     from device.pack import PackError
     from hardware.errors import HardwareError
+    from host_tools.flash import FlashError
     try:
         return args.func(args)
+    except FlashError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except HardwareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,200 @@
+"""The device HTTP API over loopback: token, upload, activate (it sounds), delete, recordings,
+and every refusal with its status and message."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import numpy as np
+import pytest
+
+from device.api import ApiServer, parse_bind
+from device.packstore import BUILTIN, PackStore
+from device.service import Service, ServiceConfig
+from tests.device.test_archive import archive_of, new_key, public_raw, raw_archive, small_pack
+
+
+class Api:
+    def __init__(self, server: ApiServer, token: str | None):
+        self.port, self.token = server.port, token
+
+    def __call__(self, method, path, body=None, token="default", headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = dict(headers or {})
+        tok = self.token if token == "default" else token
+        if tok:
+            h["X-Morphbox-Token"] = tok
+        conn.request(method, path, body=body, headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        return resp.status, (json.loads(data) if "json" in ctype else data)
+
+
+@pytest.fixture
+def box(tmp_path):
+    """A running service (paced null audio, a note held) on small pack p120, with the API on
+    an ephemeral loopback port; archives of p120 and p200 signed by a paired key."""
+    key = new_key()
+    store = PackStore(tmp_path / "state")
+    store.add_key(public_raw(key))
+    arcs = {lvl: archive_of(small_pack(tmp_path / f"p{lvl}", f"p{lvl}", level=lvl), key)
+            for lvl in (120, 200)}
+    first = store.install_file(arcs[120])
+    store.activate(first)
+    service = Service(ServiceConfig(pack=store.startup()[1].path, audio="none"))
+    server = ApiServer(service, store, "127.0.0.1", 0)
+    service.add(server)
+    blocks = []
+    service.engine.add_tap(lambda b: blocks.append((service.engine.grid.name,
+                                                    float(np.sqrt(np.mean(b ** 2))))))
+    service.controls.set_touch(0.5, 0.5)
+    service.start()
+    service.engine.note_on(60, 100)
+    yield {"service": service, "store": store, "api": Api(server, store.token), "arcs": arcs,
+           "key": key, "first": first, "blocks": blocks, "tmp": tmp_path}
+    service.stop()
+
+
+def test_status_and_list_are_open(box):
+    st, body = box["api"]("GET", "/api/status", token=None)
+    assert st == 200
+    assert body["active"] == box["first"] and body["pack"] == "p120"
+    assert body["pack_format_version"] == 1 and body["archive_version"] == 1
+    assert body["audio"]["errors"] == 0 and body["corners"]["NW"] == "p120-inst0"
+    st, packs = box["api"]("GET", "/api/packs", token=None)
+    assert st == 200 and [p["id"] for p in packs] == [BUILTIN, box["first"]]
+
+
+def test_upload_and_activate_over_http_changes_the_sound(box):
+    api, service = box["api"], box["service"]
+    time.sleep(0.3)
+    st, body = api("POST", "/api/packs?activate=1", box["arcs"][200].read_bytes())
+    assert st == 201, body
+    assert body["activated"] and body["id"].startswith("p200-")
+    assert body["previous"] == box["first"]
+    assert service.engine.grid.name == "p200" and service.pack.name == "p200"
+    time.sleep(0.3)
+    old = [r for n, r in box["blocks"] if n == "p120"][-5:]
+    new = [r for n, r in box["blocks"] if n == "p200"][-5:]
+    assert len(new) == 5 and min(new) > 3 * max(old)  # the new pack sounds, 40 dB louder
+    st, status = api("GET", "/api/status")
+    assert status["pack"] == "p200" and status["previous"] == box["first"]
+    assert status["audio"]["errors"] == 0
+    # back to the first pack by id
+    st, body = api("POST", f"/api/packs/{box['first']}/activate")
+    assert st == 200 and body["active"] == box["first"]
+    assert service.engine.grid.name == "p120"
+
+
+def test_missing_and_wrong_token_change_nothing(box):
+    api = box["api"]
+    data = box["arcs"][200].read_bytes()
+    st, body = api("POST", "/api/packs", data, token=None)
+    assert st == 401 and "missing pairing token" in body["error"]
+    st, body = api("POST", "/api/packs", data, token="nope")
+    assert st == 403 and "wrong pairing token" in body["error"]
+    st, body = api("DELETE", f"/api/packs/{box['first']}", token=None)
+    assert st == 401
+    st, body = api("POST", "/api/keys", json.dumps({"public_key": "00" * 32}), token="x")
+    assert st == 403
+    assert [p["id"] for p in box["store"].list_packs()] == [BUILTIN, box["first"]]
+    assert len(box["store"].trusted_keys()) == 1
+
+
+def test_refusals_have_status_and_message_and_lose_nothing(box):
+    api, tmp = box["api"], box["tmp"]
+    wrong = archive_of(small_pack(tmp / "w", "w"), new_key()).read_bytes()
+    st, body = api("POST", "/api/packs?activate=1", wrong)
+    assert st == 403 and body["code"] == "signature" and "not paired" in body["error"]
+    tampered = bytearray(box["arcs"][200].read_bytes())
+    tampered[-3] ^= 0x10
+    st, body = api("POST", "/api/packs", bytes(tampered))
+    assert st == 422 and "tampered" in body["error"]
+    evil = raw_archive(tmp, box["key"], tmp / "p200", rename={"grid_noise.npy": "../x.npy"})
+    st, body = api("POST", "/api/packs", evil.read_bytes())
+    assert st == 400 and "path traversal" in body["error"]
+    v2 = raw_archive(tmp, box["key"], tmp / "p200",
+                     header_edit=lambda h: h.update(pack_format_version=2))
+    st, body = api("POST", "/api/packs", v2.read_bytes())
+    assert st == 422 and "incompatible pack: format version 2" in body["error"]
+    st, body = api("POST", "/api/packs", b"not an archive at all")
+    assert st == 400 and "not a morphbox pack archive" in body["error"]
+    box["store"].max_pack_bytes = 10_000
+    st, body = api("POST", "/api/packs", box["arcs"][200].read_bytes())
+    assert st == 413 and "larger than" in body["error"]
+    box["store"].max_pack_bytes = 1 << 30
+    box["store"].reserve_bytes = 1 << 60
+    st, body = api("POST", "/api/packs", box["arcs"][200].read_bytes())
+    assert st == 507 and "not enough space on the device" in body["error"]
+    st, body = api("POST", "/api/packs/nope-0123456789ab/activate")
+    assert st == 404 and "no such pack" in body["error"]
+    st, body = api("DELETE", f"/api/packs/{box['first']}")
+    assert st == 409 and "is active" in body["error"]
+    # nothing lost: same packs, same active pack, still playing it
+    assert [p["id"] for p in box["store"].list_packs()] == [BUILTIN, box["first"]]
+    assert box["store"].pointer()["active"] == box["first"]
+    assert box["service"].engine.grid.name == "p120"
+    assert not [p for p in box["store"].packs_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_activation_over_http_rolls_back(box):
+    api, store = box["api"], box["store"]
+    st, body = api("POST", "/api/packs", box["arcs"][200].read_bytes())
+    assert st == 201 and not body["activated"]
+    (store.pack_path(body["id"]) / "grid_harmonics.npy").write_bytes(b"\x93NUMPY broken")
+    st, err = api("POST", f"/api/packs/{body['id']}/activate")
+    assert st == 422 and err["code"] == "load_failed"
+    assert f"rolled back to {box['first']} (still playing)" in err["error"]
+    assert box["service"].engine.grid.name == "p120"
+    assert store.pointer()["active"] == box["first"]
+
+
+def test_delete_and_pairing(box):
+    api, store = box["api"], box["store"]
+    _, body = api("POST", "/api/packs", box["arcs"][200].read_bytes())
+    st, _ = api("DELETE", f"/api/packs/{body['id']}")
+    assert st == 200 and not (store.packs_dir / body["id"]).exists()
+    laptop = new_key()
+    st, body = api("POST", "/api/keys", json.dumps({"public_key": public_raw(laptop).hex(),
+                                                     "label": "laptop"}))
+    assert st == 201 and body["key_id"] in store.trusted_keys()
+    st, body = api("POST", "/api/keys", json.dumps({"public_key": "xyz"}))
+    assert st == 400 and "64 hex digits" in body["error"]
+
+
+def test_recordings_list_download_and_traversal(box):
+    rec = box["store"].recordings_dir
+    (rec / "20250101-120000.wav").write_bytes(b"RIFF....WAVEdata")
+    (rec / "20250101-120000.mid").write_bytes(b"MThd")
+    (box["tmp"] / "secret.wav").write_bytes(b"secret")
+    api = box["api"]
+    st, listing = api("GET", "/api/recordings", token=None)
+    assert st == 200 and [r["name"] for r in listing] == ["20250101-120000.mid",
+                                                          "20250101-120000.wav"]
+    st, data = api("GET", "/api/recordings/20250101-120000.wav", token=None)
+    assert st == 200 and data == b"RIFF....WAVEdata"
+    st, body = api("GET", "/api/recordings/..%2Fsecret.wav", token=None)
+    assert st == 400 and "refused recording name '../secret.wav'" in body["error"]
+    assert body["code"] == "traversal"
+    st, body = api("GET", "/api/recordings/missing.wav", token=None)
+    assert st == 404 and "no recording" in body["error"]
+
+
+def test_page_is_served(box):
+    st, html = box["api"]("GET", "/", token=None)
+    assert st == 200 and b"morphbox" in html and b"app.js" in html
+    st, js = box["api"]("GET", "/static/app.js", token=None)
+    assert st == 200 and b"/api/packs" in js
+
+
+def test_parse_bind():
+    assert parse_bind("127.0.0.1") == ("127.0.0.1", 8750)
+    assert parse_bind("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert parse_bind("[::1]:8751") == ("::1", 8751)
+    assert parse_bind(":8752") == ("127.0.0.1", 8752)
+    with pytest.raises(ValueError, match="bad API address"):
+        parse_bind("host:http")

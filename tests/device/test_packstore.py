@@ -1,0 +1,239 @@
+"""The pack store: atomic install, activation with rollback, start-up fallback, SIGKILL safety."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from device.pack import PackError, load_pack
+from device.packstore import BUILTIN, PackStore, StoreError
+from device.service import Service, ServiceConfig
+from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A store with one paired key and archives of two different small packs."""
+    key = new_key()
+    store = PackStore(tmp_path / "state")
+    store.add_key(public_raw(key), "test laptop")
+    arcs = {lvl: archive_of(small_pack(tmp_path / f"p{lvl}", f"p{lvl}", level=lvl), key)
+            for lvl in (120, 200)}
+    return store, key, arcs
+
+
+def _installed(store):
+    return sorted(p.name for p in store.packs_dir.iterdir())
+
+
+def test_install_lists_and_activates_keeping_the_previous(setup):
+    store, _, arcs = setup
+    a = store.install_file(arcs[120])
+    b = store.install_file(arcs[200])
+    assert a.startswith("p120-") and b.startswith("p200-")
+    assert _installed(store) == sorted([a, b])  # no leftovers
+    assert load_pack(store.pack_path(a)).name == "p120"
+    assert store.pointer() == {"active": BUILTIN, "previous": None}
+    store.activate(a)
+    act = store.activate(b)
+    assert act.previous == a and act.pack.name == "p200"
+    ptr = json.loads((store.root / "active.json").read_text())
+    assert (ptr["active"], ptr["previous"]) == (b, a)
+    listed = {p["id"]: p for p in store.list_packs()}
+    assert listed[BUILTIN]["builtin"] and listed[b]["active"] and listed[a]["previous"]
+    assert listed[b]["corners"]["NW"] == "p200-inst0"
+    assert store.install_file(arcs[200]) == b  # same pack again: same id, nothing new
+    assert _installed(store) == sorted([a, b])
+
+
+def test_token_is_created_once_private_and_checked(setup):
+    store = setup[0]
+    tok = store.token
+    assert len(tok) >= 16 and store.token == tok
+    assert (store.root / "token").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(StoreError, match="missing pairing token") as e:
+        store.check_token(None)
+    assert e.value.status == 401
+    with pytest.raises(StoreError, match="wrong pairing token") as e:
+        store.check_token(tok + "x")
+    assert e.value.status == 403
+    store.check_token(tok)
+
+
+def test_unpaired_key_and_tampered_archive_install_nothing(setup, tmp_path):
+    store, _, arcs = setup
+    other = archive_of(small_pack(tmp_path / "o", "o"), new_key())
+    with pytest.raises(StoreError, match="signature rejected") as e:
+        store.install_file(other)
+    assert (e.value.status, e.value.code) == (403, "signature")
+    data = bytearray(arcs[120].read_bytes())
+    data[-5] ^= 0xFF
+    arcs[120].write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="tampered") as e:
+        store.install_file(arcs[120])
+    assert e.value.status == 422
+    assert _installed(store) == []
+
+
+def test_not_enough_space_and_oversized_are_refused_before_writing(setup):
+    store, _, arcs = setup
+    store.reserve_bytes = store.free_bytes() + store.reserve_bytes  # nothing left
+    with pytest.raises(StoreError, match="not enough space on the device") as e:
+        store.install_file(arcs[120])
+    assert e.value.status == 507
+    store.reserve_bytes = 0
+    store.max_pack_bytes = 1000
+    with pytest.raises(StoreError, match="larger than the 0.0 MB") as e:
+        store.install_file(arcs[120])
+    assert e.value.status == 413
+    with pytest.raises(StoreError, match="larger than") as e:  # no length given: streamed
+        with open(arcs[120], "rb") as f:
+            store.install(f)
+    assert e.value.status == 413
+    assert _installed(store) == []
+
+
+def test_delete_rules(setup):
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    store.activate(b)
+    with pytest.raises(StoreError, match="is active: activate another pack first"):
+        store.delete(b)
+    with pytest.raises(StoreError, match="built-in pack cannot be deleted"):
+        store.delete(BUILTIN)
+    with pytest.raises(StoreError, match="no such pack") as e:
+        store.delete("../../etc")
+    assert e.value.status == 404
+    store.delete(a)
+    assert _installed(store) == [b] and store.pointer()["previous"] is None
+
+
+def _note_audio(engine, blocks=40):
+    engine.controls.set_touch(0.5, 0.5)
+    engine.note_on(60, 100)
+    out = np.concatenate([engine.render_block().copy() for _ in range(blocks)])
+    engine.all_sound_off()
+    for _ in range(10):
+        engine.render_block()
+    return out
+
+
+def test_activate_on_a_service_swaps_the_sound(setup):
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    _, pack = store.startup()
+    service = Service(ServiceConfig(pack=pack.path, audio="none"))
+    before = _note_audio(service.engine)
+    store.activate(b, service)
+    assert service.pack.name == "p200" and service.engine.grid.name == "p200"
+    assert service.status()["corners"]["NW"] == "p200-inst0"
+    after = _note_audio(service.engine)
+    assert np.sqrt(np.mean(after ** 2)) > 3 * np.sqrt(np.mean(before ** 2))  # 40 dB louder
+
+
+def test_pack_that_fails_to_load_rolls_back_and_the_old_sound_plays_on(setup, tmp_path):
+    store, key, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    service = Service(ServiceConfig(pack=store.pack_path(a), audio="none"))
+    old_grid = service.engine.grid
+    member = store.pack_path(b) / "grid_harmonics.npy"  # bit rot after install
+    data = bytearray(member.read_bytes())
+    data[-1] ^= 1
+    member.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"pack {b} failed to load, rolled back to {a} "
+                                         f"\\(still playing\\).*SHA-256 mismatch") as e:
+        store.activate(b, service)
+    assert e.value.status == 422
+    assert service.engine.grid is old_grid and service.pack.name == "p120"
+    assert store.pointer()["active"] == a
+    assert np.abs(_note_audio(service.engine)).max() > 1e-3  # still sounding
+    # a pack that verifies but does not fit the engine (32 partials): also rolled back
+    odd = store.install_file(archive_of(small_pack(tmp_path / "odd", "odd", harmonics=32), key))
+    with pytest.raises(StoreError, match="does not fit this engine, rolled back"):
+        store.activate(odd, service)
+    assert service.engine.grid is old_grid and store.pointer()["active"] == a
+
+
+def test_startup_falls_back_to_previous_then_builtin(setup):
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    store.activate(b)
+    (store.pack_path(b) / "grid_noise.npy").write_bytes(b"garbage")
+    pid, pack = store.startup()
+    assert (pid, pack.name) == (a, "p120")
+    ptr = store.pointer()
+    assert ptr["active"] == a and "grid_noise.npy is corrupt" in ptr["recovered_from"][0]
+    (store.root / "active.json").write_text("{not json")
+    assert store.startup()[0] == BUILTIN
+    (store.root / "active.json").write_text(json.dumps({"active": "gone-0123456789ab"}))
+    pid, pack = store.startup()
+    assert pid == BUILTIN and pack.name == "default"
+
+
+# ---- SIGKILL at random points --------------------------------------------------------------
+
+
+def _installer(root: str, archives: list[str]) -> None:
+    """Child: install, activate and delete packs forever (killed by the test)."""
+    store = PackStore(root)
+    i = 0
+    while True:
+        pid = store.install_file(archives[i % len(archives)])
+        store.activate(pid)
+        ptr = store.pointer()
+        for p in store.list_packs():
+            if not p["builtin"] and p["id"] not in (ptr["active"], ptr.get("previous")):
+                store.delete(p["id"])
+        i += 1
+
+
+def test_sigkill_at_100_random_points_always_leaves_a_loadable_active_pack(tmp_path):
+    key = new_key()
+    root = tmp_path / "state"
+    PackStore(root).add_key(public_raw(key))
+    archives = [str(archive_of(small_pack(tmp_path / f"k{i}", f"k{i}", level=160 + 30 * i), key))
+                for i in range(3)]
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(6)
+    interrupted = 0
+    seen_active = set()
+    t_start = time.monotonic()
+    for _ in range(100):
+        proc = ctx.Process(target=_installer, args=(str(root), archives), daemon=True)
+        proc.start()
+        time.sleep(rng.uniform(0.0, 0.08))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(5)
+        assert proc.exitcode == -signal.SIGKILL
+        store = PackStore(root)
+        leftovers = [p for p in store.packs_dir.iterdir() if p.name.startswith(".")]
+        interrupted += bool(leftovers)
+        for p in store.packs_dir.iterdir():  # every published pack is complete
+            if not p.name.startswith("."):
+                load_pack(p)
+        pid, pack = store.startup()  # the device starts with a valid active pack
+        assert pack.name in ("default", "k0", "k1", "k2")
+        seen_active.add(pack.name)
+        assert not [p for p in store.packs_dir.iterdir() if p.name.startswith(".")]
+    assert interrupted >= 1  # some kills landed mid-install or mid-delete
+    assert len(seen_active) >= 3
+    assert time.monotonic() - t_start < 60
+    service = Service(ServiceConfig(pack=PackStore(root).startup()[1].path, audio="none"))
+    assert np.abs(_note_audio(service.engine)).max() > 1e-3
+
+
+def test_startup_with_no_loadable_pack_at_all_says_so(tmp_path):
+    store = PackStore(tmp_path / "s", builtin=tmp_path / "missing")
+    with pytest.raises(PackError, match="no loadable pack, not even the built-in one"):
+        store.startup()
