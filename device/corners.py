@@ -56,6 +56,7 @@ class CornerSelector:
         self.last_error: str | None = None
         self.last_seconds = 0.0
         self._wanted: dict | None = None
+        self._generation = 0  # bumped by set_pack: a rebuild from the old pack is dropped
         self._cv = threading.Condition()
         self._idle = threading.Event()
         self._idle.set()
@@ -71,6 +72,18 @@ class CornerSelector:
                                                 daemon=True)
                 self._thread.start()
             self._cv.notify()
+
+    def set_pack(self, pack: Pack, grid=None) -> None:
+        """Switch to another pack (its own corner choice); pending requests are dropped and a
+        rebuild already running from the old pack is discarded, not swapped in. If ``grid`` is
+        given it is swapped into the engine under the same lock, so nothing can overtake it."""
+        with self._cv:
+            self._generation += 1
+            self._wanted = None
+            self.pack = pack
+            self.corners = dict(pack.corners)
+            if grid is not None:
+                self.engine.set_grid(grid)
 
     def step(self, corner: str, delta: int) -> None:
         """Move ``corner`` ``delta`` instruments on, wrapping (an encoder turn)."""
@@ -91,14 +104,18 @@ class CornerSelector:
                     self._idle.set()
                     self._thread = None
                     return
+                pack, generation = self.pack, self._generation
             t0 = time.perf_counter()
             try:
-                grid = build_grid(self.pack, wanted)
+                grid = build_grid(pack, wanted)
             except (PackError, ValueError) as exc:
                 self.last_error = str(exc)
                 continue
-            self.engine.set_grid(grid)
-            self.corners = wanted
+            with self._cv:
+                if generation != self._generation:
+                    continue  # the pack changed meanwhile: this grid is stale
+                self.engine.set_grid(grid)
+                self.corners = wanted
             self.last_error = None
             self.last_seconds = time.perf_counter() - t0
             if self.on_change is not None:

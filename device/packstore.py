@@ -355,15 +355,14 @@ class PackStore:
             t1 = time.perf_counter()
             if service is not None:
                 try:
-                    service.corners.wait(5.0)
-                    service.engine.set_grid(grid)  # raises before anything changed
+                    # swaps the grid (raises before anything changed) and drops any rebuild
+                    # from the old pack, under the selector's lock
+                    service.corners.set_pack(pack, grid)
                 except ValueError as exc:
                     raise StoreError(f"pack {pid} does not fit this engine, rolled back to "
                                      f"{ptr['active']} (still playing): {exc}", 422,
                                      "load_failed") from None
                 service.pack = pack
-                service.corners.pack = pack
-                service.corners.corners = dict(pack.corners)
             t2 = time.perf_counter()
             previous = ptr["active"] if ptr["active"] != pid else ptr.get("previous")
             self._write_pointer(pid, previous)

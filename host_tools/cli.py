@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack", nargs="?", default=str(DEFAULT_PACK))
     sp.add_argument("--picture", metavar="PNG", help="also draw the morph grid")
     sp.set_defaults(func=cmd_pack_info)
+    from host_tools.model.cli import add_parsers
+    add_parsers(sub)
     sp = psub.add_parser("archive", help="sign a pack into one .mbpack file")
     sp.add_argument("pack", help="pack directory")
     sp.add_argument("-o", "--output", help="archive file (default: PACK.mbpack beside it)")

@@ -53,3 +53,14 @@ def test_selector_swaps_the_engines_grid_while_it_plays(pack):
     sel.select({"SE": 42})
     assert sel.wait(10) and "no such instrument" in sel.last_error
     assert sel.corners["SE"] == pack.corners["SE"]  # the old choice plays on
+
+
+def test_set_pack_drops_a_rebuild_from_the_old_pack(pack):
+    engine = Engine(grid_from_pack(pack))
+    sel = CornerSelector(engine, pack)
+    sel.select({"NW": 5})  # a rebuild from the old pack is under way ...
+    new_grid = build_grid(pack, {"NW": 1, "NE": 2, "SW": 3, "SE": 4})
+    sel.set_pack(pack, new_grid)  # ... when another pack is activated
+    assert sel.wait(10)
+    assert engine.grid is new_grid  # the stale rebuild never overtook it
+    assert sel.corners == pack.corners

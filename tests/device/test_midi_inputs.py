@@ -270,8 +270,10 @@ def test_jack_virtual_keyboard_plays_the_engine_in_tune(jack_server, skip_or_fai
             keyboard.open_virtual_port("keys")
             _wait(lambda: any("e2e-kbd" in p for p in scanner.open_ports), 2.0 + 1.0,
                   "the virtual keyboard opened")
-            time.sleep(0.2)  # JACK connects the ports at its next cycle
-            keyboard.send_message([0xB0, 16, 0])      # morph X -> west
+            # JACK connects the ports at one of its next cycles: send morph X -> west until
+            # it arrives (messages sent before the connection exists are lost, as on a wire)
+            _wait(lambda: keyboard.send_message([0xB0, 16, 0]) or router.received > 0, 5.0,
+                  "MIDI flowing from the virtual keyboard")
             keyboard.send_message([0xE0, 0x00, 0x40])  # bend centre
             rec = _jack_rec(tmp_path / "note.wav", 2, skip_or_fail)
             time.sleep(0.3)

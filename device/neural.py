@@ -1,0 +1,152 @@
+"""The neural decoder on the device: (z, f0, loudness) -> synthesis controls, with TFLite.
+
+Runs the ``decode`` signature of a model file written by ``host_tools.model.export`` (float32
+or full-integer int8; both take and return float32) under ai-edge-litert
+(``ai_edge_litert.interpreter``), or tflite-runtime when that is what the system has. Never
+imports TensorFlow. Not for the audio callback: a grid rebuild calls it from a background
+thread (DDSP-VST likewise keeps its network off the audio thread).
+
+The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``noise_db``) and become
+the controls of :mod:`kernels.synth` through :func:`kernels.synth.controls_from_db`
+(DDSP, Engel et al. 2020: amplitude x harmonic distribution, plus noise band gains).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.pitch import hz_to_midi
+from kernels.synth import controls_from_db
+
+SIGNATURE = "decode"
+# input -> (rank, fixed trailing dims); output -> (rank, fixed trailing dims); None = the
+# model's own z size / harmonic and band counts, read from the file and reported
+INPUTS = {"z": 3, "f0_midi": 2, "loudness_db": 2}
+OUTPUTS = {"amplitude_db": 2, "harmonic_db": 3, "noise_db": 3}
+
+
+class ModelError(Exception):
+    """A decoder model cannot be loaded or used; the message names the file and the reason."""
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError as exc:
+            raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
+                             ) from exc
+    return Interpreter
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Decoded synthesis controls, float32: ``amplitude`` ``(B, T)`` linear,
+    ``harmonic_distribution`` ``(B, T, K)`` (rows sum to 1), ``noise_magnitudes``
+    ``(B, T, N)`` linear band gains (convention of :mod:`kernels.analysis`)."""
+
+    amplitude: np.ndarray
+    harmonic_distribution: np.ndarray
+    noise_magnitudes: np.ndarray
+
+    @property
+    def harmonic_amplitudes(self) -> np.ndarray:
+        """``(B, T, K)`` linear partial amplitudes (what a pack stores, before dB codes)."""
+        return self.amplitude[..., None] * self.harmonic_distribution
+
+
+class NeuralDecoder:
+    """A loaded ``decode`` signature.
+
+    Args:
+        path: ``.tflite`` file.
+        z_dims, harmonics, noise_bands: what the caller (a pack) expects; a model with other
+            sizes is refused. ``None`` accepts what the model has.
+        num_threads: interpreter threads.
+
+    Raises :class:`ModelError` if the file is unreadable, has no ``decode`` signature, or its
+    inputs/outputs differ in names, dtype (float32), rank or sizes from the above.
+    Thread-safe (calls are serialised).
+    """
+
+    def __init__(self, path: str | os.PathLike, z_dims: int | None = 16,
+                 harmonics: int | None = 64, noise_bands: int | None = 32,
+                 num_threads: int = 1):
+        self.path = os.fspath(path)
+        Interpreter = _interpreter_class()
+        try:
+            self._interp = Interpreter(model_path=self.path, num_threads=num_threads)
+            signatures = self._interp.get_signature_list()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
+        if SIGNATURE not in signatures:
+            raise ModelError(f"{self.path}: no {SIGNATURE!r} signature (has "
+                             f"{sorted(signatures) or 'none'}); export the decoder with "
+                             "host_tools.model.export")
+        sig = signatures[SIGNATURE]
+        if sorted(sig["inputs"]) != sorted(INPUTS) or sorted(sig["outputs"]) != sorted(OUTPUTS):
+            raise ModelError(f"{self.path}: {SIGNATURE!r} has inputs {sorted(sig['inputs'])} "
+                             f"and outputs {sorted(sig['outputs'])}; expected "
+                             f"{sorted(INPUTS)} and {sorted(OUTPUTS)}")
+        self._runner = self._interp.get_signature_runner(SIGNATURE)
+        ins = self._runner.get_input_details()
+        outs = self._runner.get_output_details()
+        for kind, details, ranks in (("input", ins, INPUTS), ("output", outs, OUTPUTS)):
+            for name, rank in ranks.items():
+                d = details[name]
+                shape = d.get("shape_signature", d["shape"])
+                if d["dtype"] != np.float32 or len(shape) != rank:
+                    raise ModelError(f"{self.path}: {kind} {name!r} is {np.dtype(d['dtype'])} "
+                                     f"of shape {list(shape)}; expected float32 of rank {rank}")
+        self.z_dims = int(ins["z"].get("shape_signature", ins["z"]["shape"])[-1])
+        self.harmonics = int(outs["harmonic_db"]["shape"][-1])
+        self.noise_bands = int(outs["noise_db"]["shape"][-1])
+        for what, want, have in (("z size", z_dims, self.z_dims),
+                                 ("harmonics", harmonics, self.harmonics),
+                                 ("noise bands", noise_bands, self.noise_bands)):
+            if want is not None and want != have:
+                raise ModelError(f"{self.path}: the model has {have} {what}, expected {want}")
+        self._lock = threading.Lock()
+
+    def decode_db(self, z: np.ndarray, f0_hz: np.ndarray,
+                  loudness_db: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw model outputs in dB for ``z`` ``(B, T, Z)`` (or ``(T, Z)``), ``f0_hz`` and
+        ``loudness_db`` ``(B, T)`` (or ``(T,)``; Hz > 0 and dB). Returns ``{"amplitude_db":
+        (B, T), "harmonic_db": (B, T, K), "noise_db": (B, T, N)}`` float32 (no batch axis if
+        none was given). Raises ``ValueError`` on bad shapes, :class:`ModelError` if the
+        runtime fails."""
+        z = np.asarray(z, np.float32)
+        single = z.ndim == 2
+        if single:
+            z = z[None]
+        f0 = np.asarray(f0_hz, np.float64).reshape(z.shape[:2]) if np.size(f0_hz) == \
+            z.shape[0] * z.shape[1] else None
+        loud = np.asarray(loudness_db, np.float32)
+        if z.ndim != 3 or z.shape[2] != self.z_dims or f0 is None \
+                or loud.size != f0.size:
+            raise ValueError(f"expected z (B, T, {self.z_dims}), f0_hz and loudness_db (B, T);"
+                             f" got {np.shape(z)}, {np.shape(f0_hz)}, {np.shape(loudness_db)}")
+        if not np.all(f0 > 0):
+            raise ValueError("f0_hz must be positive")
+        args = {"z": z, "f0_midi": hz_to_midi(f0).astype(np.float32),
+                "loudness_db": loud.reshape(z.shape[:2])}
+        with self._lock:
+            try:
+                out = self._runner(**args)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelError(f"{self.path}: decode failed ({exc})") from exc
+        out = {k: np.array(out[k], np.float32) for k in OUTPUTS}
+        return {k: v[0] for k, v in out.items()} if single else out
+
+    def decode(self, z: np.ndarray, f0_hz: np.ndarray, loudness_db: np.ndarray) -> Controls:
+        """Synthesis controls for ``z``, ``f0_hz``, ``loudness_db`` (shapes as
+        :meth:`decode_db`)."""
+        out = self.decode_db(z, f0_hz, loudness_db)
+        return Controls(*controls_from_db(out["amplitude_db"], out["harmonic_db"],
+                                          out["noise_db"]))

@@ -1,0 +1,296 @@
+"""An NSynth-style note dataset stored as analysis features.
+
+Notes are rendered from FluidR3_GM (:class:`host_tools.sources.SoundFontRenderer`: 4 s at
+16 kHz, held 3 s) for a list of GM programs x pitches x velocities, or loaded from WAV folders
+(:func:`host_tools.sources.load_wav_folder`, one folder = one instrument), analysed with
+:func:`kernels.analysis.analyze_note` and stored as features only (like a pack; no audio):
+
+``out/dataset.json``
+    ``{"format": "morphbox-dataset", "version": 1, "frame_rate", "sample_rate", "frames",
+    "harmonics", "noise_bands", "instruments": [{"name", "source", "split", "notes"}],
+    "shards": [{"file", "notes"}], "skipped": [...], "settings": {...}}``
+``out/shard-00000.npz`` ...  (``np.load(allow_pickle=False)``), ``M`` notes of ``F`` frames:
+
+=================  ==============  ===================================================
+``f0_hz``          float32 (M,)    the note's f0, Hz (MIDI pitch, refined by pyin if asked)
+``loudness_db``    float32 (M, F)  A-weighted loudness, dB
+``harmonics``      uint8 (M, F, K) partial amplitudes, dB codes (:mod:`kernels.quant`)
+``noise``          uint8 (M, F, B) noise band gains, dB codes
+``pitch``          int16 (M,)      MIDI pitch
+``velocity``       int16 (M,)      MIDI velocity
+``instrument``     int32 (M,)      index into ``instruments``
+=================  ==============  ===================================================
+
+The split is by instrument: every note of an instrument is in the same split, so test
+instruments are never seen in training. Notes that render silence (outside an instrument's
+range) are skipped and listed under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
+from kernels.pitch import midi_to_hz
+from kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
+
+FORMAT = "morphbox-dataset"
+VERSION = 1
+SPLITS = ("train", "valid", "test")
+MELODIC_PROGRAMS = tuple(range(0, 112))  # GM programs before percussion / sound effects
+
+
+class DatasetError(Exception):
+    """A dataset cannot be built or read; the message names the path and the reason."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What to render. ``programs``: GM programs (0..127); ``pitches``/``velocities``: MIDI.
+
+    ``valid_fraction``/``test_fraction`` of the instruments (at least one each when there
+    are three or more instruments) go to those splits, chosen by a permutation seeded with
+    ``seed``; ``test_instruments`` (names) forces instruments into the test split.
+    ``pitch_check``: refine f0 by pyin (slow; worth it for WAV recordings).
+    """
+
+    programs: tuple = MELODIC_PROGRAMS
+    pitches: tuple = tuple(range(24, 97, 4))
+    velocities: tuple = (75, 127)
+    wav_folders: tuple = ()
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    test_instruments: tuple = ()
+    seed: int = 0
+    shard_notes: int = 512
+    pitch_check: bool = False
+    soundfont: str | None = None
+    frame_rate: float = FRAME_RATE
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetConfig:
+        d = dict(d)
+        for key in ("programs", "pitches", "velocities", "wav_folders", "test_instruments"):
+            if key in d:
+                d[key] = tuple(d[key])
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DatasetError(f"unknown dataset setting(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class Features:
+    """Features of ``M`` notes, decoded to physical units (float32).
+
+    ``f0_hz`` (M,), ``loudness_db`` (M, F), ``harmonic_db`` (M, F, K) partial amplitudes in
+    dB (-120 = silent), ``noise_db`` (M, F, B), ``pitch``/``velocity``/``instrument`` (M,).
+    """
+
+    f0_hz: np.ndarray
+    loudness_db: np.ndarray
+    harmonic_db: np.ndarray
+    noise_db: np.ndarray
+    pitch: np.ndarray
+    velocity: np.ndarray
+    instrument: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.f0_hz)
+
+    def controls(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Synthesis controls ``(amplitude (M, F), harmonic_distribution (M, F, K),
+        noise_magnitudes (M, F, B))`` linear float32."""
+        amps = db_to_amplitude(self.harmonic_db)
+        amp = amps.sum(axis=-1)
+        dist = np.divide(amps, amp[..., None], out=np.zeros_like(amps),
+                         where=amp[..., None] > 0)
+        return amp, dist, db_to_amplitude(self.noise_db)
+
+
+def _note_row(audio: np.ndarray, pitch: int, velocity: int, instrument: int,
+              pitch_check: bool, frame_rate: float) -> dict:
+    from host_tools.sources import SOURCE_SAMPLE_RATE, pitch_error_cents
+    f0 = float(midi_to_hz(pitch))
+    if pitch_check:
+        cents = pitch_error_cents(audio, SOURCE_SAMPLE_RATE, pitch)
+        if np.isfinite(cents) and abs(cents) < 50:
+            f0 *= 2.0 ** (cents / 1200.0)
+    feats = analyze_note(audio, SOURCE_SAMPLE_RATE, f0, frame_rate)
+    return {"f0_hz": np.float32(f0), "loudness_db": feats.loudness_db,
+            "harmonics": quantize_db(amplitude_to_db(feats.harmonic_amplitudes)),
+            "noise": quantize_db(amplitude_to_db(feats.noise_magnitudes)),
+            "pitch": np.int16(pitch), "velocity": np.int16(velocity),
+            "instrument": np.int32(instrument)}
+
+
+def _assign_splits(names: list[str], config: DatasetConfig) -> list[str]:
+    n = len(names)
+    split = ["train"] * n
+    forced = set(config.test_instruments)
+    missing = forced - set(names)
+    if missing:
+        raise DatasetError(f"test_instruments not in the dataset: {sorted(missing)}")
+    order = [int(i) for i in np.random.default_rng(config.seed).permutation(n)
+             if names[i] not in forced]
+    n_test = max(int(round(config.test_fraction * n)) - len(forced), 0)
+    n_valid = int(round(config.valid_fraction * n))
+    if n >= 3:
+        n_test = max(n_test, 0 if forced else 1)
+        n_valid = max(n_valid, 1)
+    for i in range(n):
+        if names[i] in forced:
+            split[i] = "test"
+    for i in order[:n_test]:
+        split[i] = "test"
+    for i in order[n_test:n_test + n_valid]:
+        split[i] = "valid"
+    return split
+
+
+def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(),
+                  progress: bool = True) -> Path:
+    """Render/load, analyse and store the notes of ``config`` in directory ``out``.
+
+    Shows a rich progress bar (``progress``). Writes shards then ``dataset.json`` last (a
+    directory without it is incomplete). Returns ``out``. Raises :class:`DatasetError` for a
+    bad setting or an instrument with no playable note, ``host_tools.sources.SourceError``
+    for an unusable SoundFont / WAV folder.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from host_tools.sources import (
+        GM_PROGRAM_NAMES,
+        SoundFontRenderer,
+        SourceError,
+        load_wav_folder,
+    )
+
+    out = Path(out)
+    bad = [p for p in config.programs if not 0 <= int(p) <= 127]
+    if bad:
+        raise DatasetError(f"GM programs must be 0..127, got {bad}")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "dataset.json").exists():
+        (out / "dataset.json").unlink()
+    instruments: list[dict] = []
+    jobs: list[tuple] = []  # (instrument index, kind, program or note)
+    for p in config.programs:
+        instruments.append({"name": GM_PROGRAM_NAMES[int(p)],
+                            "source": {"kind": "soundfont", "program": int(p)}})
+        for pitch in config.pitches:
+            for vel in config.velocities:
+                jobs.append((len(instruments) - 1, "sf2", int(p), int(pitch), int(vel)))
+    for folder in config.wav_folders:
+        notes = load_wav_folder(folder)
+        instruments.append({"name": notes[0].instrument,
+                            "source": {"kind": "wav_folder", "folder": str(folder)}})
+        jobs += [(len(instruments) - 1, "wav", note) for note in notes]
+    names = [i["name"] for i in instruments]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"instrument names must be unique, got {names}")
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    shards: list[dict] = []
+    counts = [0] * len(instruments)
+
+    def flush():
+        if not rows:
+            return
+        name = f"shard-{len(shards):05d}.npz"
+        arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        np.savez(out / name, **arrays)
+        shards.append({"file": name, "notes": len(rows)})
+        rows.clear()
+
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    renderer = SoundFontRenderer(config.soundfont) if config.programs else None
+    try:
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("rendering + analysing notes", total=len(jobs))
+            for job in jobs:
+                inst = job[0]
+                if job[1] == "sf2":
+                    _, _, program, pitch, vel = job
+                    try:
+                        note = renderer.render_note(program, pitch, vel)
+                    except SourceError as exc:
+                        skipped.append({"instrument": names[inst], "pitch": pitch,
+                                        "velocity": vel, "reason": str(exc)})
+                        bar.advance(task)
+                        continue
+                    check = config.pitch_check
+                else:
+                    note = job[2]
+                    pitch, vel, check = note.pitch, note.velocity, True
+                rows.append(_note_row(note.audio, pitch, vel, inst, check, config.frame_rate))
+                counts[inst] += 1
+                if len(rows) >= config.shard_notes:
+                    flush()
+                bar.advance(task)
+            flush()
+    finally:
+        if renderer is not None:
+            renderer.close()
+    empty = [names[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DatasetError(f"{out}: no playable note for instrument(s) {empty}")
+    splits = _assign_splits(names, config)
+    for inst, split, count in zip(instruments, splits, counts):
+        inst.update(split=split, notes=count)
+    index = {"format": FORMAT, "version": VERSION, "frame_rate": config.frame_rate,
+             "sample_rate": 16000, "frames": int(np.load(out / shards[0]["file"])
+                                                 ["loudness_db"].shape[1]),
+             "harmonics": N_HARMONICS, "noise_bands": N_NOISE_BANDS,
+             "instruments": instruments, "shards": shards, "skipped": skipped,
+             "settings": {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in asdict(config).items()}}
+    (out / "dataset.json").write_text(json.dumps(index, indent=1))
+    return out
+
+
+def read_index(path: str | os.PathLike) -> dict:
+    """``dataset.json`` of the dataset directory ``path``; raises :class:`DatasetError`."""
+    p = Path(path) / "dataset.json"
+    try:
+        index = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{p}: cannot read the dataset index ({exc})") from exc
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise DatasetError(f"{p}: not a {FORMAT} v{VERSION} index")
+    return index
+
+
+def load_split(path: str | os.PathLike, split: str) -> Features:
+    """All notes of ``split`` (``train``/``valid``/``test``, or ``all``) as :class:`Features`.
+
+    Raises :class:`DatasetError` for an unknown split, a missing shard or an empty split.
+    """
+    if split not in (*SPLITS, "all"):
+        raise DatasetError(f"unknown split {split!r}; use one of {SPLITS + ('all',)}")
+    index = read_index(path)
+    keep = np.array([split in ("all", i["split"]) for i in index["instruments"]])
+    parts: dict[str, list] = {}
+    for shard in index["shards"]:
+        try:
+            with np.load(Path(path) / shard["file"], allow_pickle=False) as z:
+                mask = keep[z["instrument"]]
+                for k in z.files:
+                    parts.setdefault(k, []).append(z[k][mask])
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{path}: cannot read {shard['file']} ({exc})") from exc
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if not arrays or len(arrays["f0_hz"]) == 0:
+        raise DatasetError(f"{path}: the {split!r} split has no notes")
+    return Features(f0_hz=arrays["f0_hz"].astype(np.float32),
+                    loudness_db=arrays["loudness_db"].astype(np.float32),
+                    harmonic_db=dequantize_db(arrays["harmonics"]),
+                    noise_db=dequantize_db(arrays["noise"]),
+                    pitch=arrays["pitch"], velocity=arrays["velocity"],
+                    instrument=arrays["instrument"])

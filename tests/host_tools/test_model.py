@@ -1,0 +1,343 @@
+"""Tests of host_tools/model: TF synthesis vs numpy, dataset, training, TFLite export.
+
+One tiny dataset (4 FluidR3_GM programs x 3 pitches) and one tiny training run (a few
+seconds) are shared by the module; everything asserts on real outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from host_tools.model import ddsp_tf  # noqa: E402
+from host_tools.model.dataset import (  # noqa: E402
+    DatasetConfig,
+    DatasetError,
+    build_dataset,
+    load_split,
+    read_index,
+)
+from host_tools.model.export import (  # noqa: E402
+    ExportError,
+    export_tflite,
+    representative_samples,
+)
+from host_tools.model.losses import spectral_loss  # noqa: E402
+from host_tools.model.network import (  # noqa: E402
+    ModelConfig,
+    build_decoder,
+    build_encoder,
+    count_params,
+)
+from host_tools.model.train import (  # noqa: E402
+    TrainConfig,
+    TrainError,
+    _Data,
+    load_config,
+    load_models,
+    make_loss_fn,
+    train,
+)
+from kernels import synth  # noqa: E402
+
+TINY_MODEL = ModelConfig(encoder_channels=16, encoder_layers=1, decoder_channels=32,
+                         decoder_layers=2)
+STEPS = 30
+
+
+def _tiny_config(dataset: Path, run_dir: Path, **kw) -> TrainConfig:
+    base = dict(dataset=str(dataset), run_dir=str(run_dir), steps=STEPS, batch_size=4,
+                crop_frames=25, learning_rate=3e-3, log_every=5, checkpoint_every=15,
+                fft_sizes=(1024, 256, 64), valid_batches=1, model=TINY_MODEL)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, skip_or_fail) -> Path:
+    from host_tools.sources import SourceError, find_soundfont
+    try:
+        find_soundfont()
+    except SourceError as exc:
+        skip_or_fail(str(exc))
+    out = tmp_path_factory.mktemp("dataset")
+    # Piano, Cello, Flute, Church Organ; pitch 108 is outside the cello's range
+    return build_dataset(out, DatasetConfig(programs=(0, 42, 73, 19), pitches=(48, 60, 72),
+                                            velocities=(100,), shard_notes=5, seed=1),
+                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    config = _tiny_config(dataset, tmp_path_factory.mktemp("run"))
+    return config, train(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(run, dataset, tmp_path_factory):
+    config, _ = run
+    encoder, decoder, _ = load_models(config.run_dir)
+    feats = load_split(dataset, "train")
+    rep = representative_samples(encoder, feats, n=16, frames=25)
+    out = tmp_path_factory.mktemp("tflite")
+    return {"encoder": encoder, "decoder": decoder, "feats": feats,
+            "float32": export_tflite(encoder, decoder, out / "model_f32.tflite"),
+            "int8": export_tflite(encoder, decoder, out / "model_int8.tflite", "int8", rep)}
+
+
+def _controls(rng, frames=60, f0=None):
+    f0 = np.linspace(60, 1500, frames) if f0 is None else f0
+    dist = rng.uniform(0, 1, (frames, 64))
+    return (f0.astype(np.float32), rng.uniform(0, 0.5, frames).astype(np.float32),
+            (dist / dist.sum(1, keepdims=True)).astype(np.float32),
+            rng.uniform(0, 0.05, (frames, 32)).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------ synthesis
+
+
+def test_tf_synthesis_matches_numpy():
+    rng = np.random.default_rng(0)
+    batch = [_controls(rng), _controls(rng, f0=np.full(60, 3100.0))]
+    noise = rng.standard_normal((2, 60 * 320)).astype(np.float32)
+    want = np.stack([synth.synthesize(*c, noise=n) for c, n in zip(batch, noise)])
+    stacked = [tf.constant(np.stack(x)) for x in zip(*batch)]
+    got = ddsp_tf.synthesize(*stacked, tf.constant(noise)).numpy()
+    assert got.shape == want.shape
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    # a shorter output than frames * hop also matches
+    short = ddsp_tf.synthesize(*stacked, tf.constant(noise[:, :5000])).numpy()
+    np.testing.assert_allclose(short[0], synth.synthesize(*batch[0], noise=noise[0, :5000]),
+                               atol=2e-5)
+
+
+def test_tf_synthesis_has_gradients_for_all_learned_controls():
+    rng = np.random.default_rng(1)
+    f0, amp, dist, mags = (tf.Variable(x[None]) for x in _controls(rng, 20))
+    noise = tf.constant(rng.standard_normal((1, 20 * 320)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ddsp_tf.synthesize(f0, amp, dist, mags, noise) ** 2)
+    g_f0, *grads = tape.gradient(loss, [f0, amp, dist, mags])
+    assert g_f0 is None  # f0 is a given control
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_spectral_loss_is_zero_for_equal_audio_and_grows_with_difference():
+    x = tf.constant(np.random.default_rng(2).standard_normal((2, 4096)).astype(np.float32))
+    assert float(spectral_loss(x, x)) == 0.0
+    small, big = float(spectral_loss(x, 0.9 * x)), float(spectral_loss(x, 0.5 * x))
+    assert 0.0 < small < big
+    with pytest.raises(ValueError):
+        spectral_loss(x, x[:, :2048])
+
+
+def test_default_network_size_and_shapes():
+    enc, dec = build_encoder(), build_decoder()
+    total = count_params(enc) + count_params(dec)
+    assert 100_000 <= total <= 250_000
+    f = np.full((2, 30), 60.0, np.float32)
+    z = enc({"f0_midi": f, "loudness_db": f - 80, "harmonic_db": np.full((2, 30, 64), -50.0),
+             "noise_db": np.full((2, 30, 32), -70.0)})["z"]
+    assert z.shape == (2, 30, 16) and float(tf.reduce_max(tf.abs(z))) <= 1.0
+    out = dec({"z": z, "f0_midi": tf.constant(f), "loudness_db": tf.constant(f - 80)})
+    assert out["amplitude_db"].shape == (2, 30)
+    assert out["harmonic_db"].shape == (2, 30, 64) and out["noise_db"].shape == (2, 30, 32)
+    assert float(tf.reduce_max(out["harmonic_db"])) <= 0.0
+
+
+def test_decoder_is_causal():
+    dec = build_decoder(TINY_MODEL)
+    rng = np.random.default_rng(3)
+    z = rng.uniform(-1, 1, (1, 40, 16)).astype(np.float32)
+    f = np.full((1, 40), 60.0, np.float32)
+    a = dec({"z": z, "f0_midi": f, "loudness_db": f - 80})["harmonic_db"].numpy()
+    z2 = z.copy()
+    z2[:, 30:] = 0.0  # change the future only
+    b = dec({"z": z2, "f0_midi": f, "loudness_db": f - 80})["harmonic_db"].numpy()
+    np.testing.assert_array_equal(a[:, :30], b[:, :30])
+    assert np.abs(a[:, 30:] - b[:, 30:]).max() > 0
+
+
+# ------------------------------------------------------------------------------ dataset
+
+
+def test_dataset_is_split_by_instrument(dataset):
+    index = read_index(dataset)
+    names = [i["name"] for i in index["instruments"]]
+    assert names == ["Acoustic Grand Piano", "Cello", "Flute", "Church Organ"]
+    splits = [i["split"] for i in index["instruments"]]
+    assert sorted(set(splits)) == ["test", "train", "valid"]
+    assert len(index["shards"]) == 3  # 12 notes, 5 per shard
+    for split in ("train", "valid", "test"):
+        feats = load_split(dataset, split)
+        insts = set(feats.instrument.tolist())
+        assert insts == {i for i, s in enumerate(splits) if s == split}
+        assert feats.harmonic_db.shape == (len(feats), 200, 64)
+        assert feats.noise_db.shape == (len(feats), 200, 32)
+    every = load_split(dataset, "all")
+    assert len(every) == 12 and sorted(set(every.pitch.tolist())) == [48, 60, 72]
+    amp, dist, noise = every.controls()
+    sums = dist.sum(-1)
+    np.testing.assert_allclose(sums[amp > 0], 1.0, rtol=1e-5)
+    with pytest.raises(DatasetError, match="unknown split"):
+        load_split(dataset, "training")
+
+
+def test_dataset_rejects_bad_settings(tmp_path):
+    with pytest.raises(DatasetError, match="unknown dataset setting"):
+        DatasetConfig.from_dict({"programs": [0], "pitchs": [60]})
+    with pytest.raises(DatasetError, match="0..127"):
+        build_dataset(tmp_path, DatasetConfig(programs=(200,)), progress=False)
+    with pytest.raises(DatasetError, match="dataset index"):
+        read_index(tmp_path)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _fixed_loss(encoder, decoder, config, dataset) -> float:
+    data = _Data(load_split(dataset, "train"))
+    loss = make_loss_fn(encoder, decoder, config)
+    rng = np.random.default_rng(123)
+    return float(np.mean([loss(data.batch(rng, 4, config.crop_frames))[0] for _ in range(3)]))
+
+
+def test_training_lowers_the_loss(run, dataset):
+    import keras
+    config, history = run
+    steps = [h for h in history if "loss" in h]
+    assert steps[-1]["step"] == STEPS
+    keras.utils.set_random_seed(config.seed)
+    fresh = build_encoder(config.model), build_decoder(config.model)  # the initial weights
+    trained = load_models(config.run_dir)[:2]
+    before = _fixed_loss(*fresh, config, dataset)
+    after = _fixed_loss(*trained, config, dataset)
+    assert after < 0.8 * before, (before, after)
+    run_dir = Path(config.run_dir)
+    assert json.loads((run_dir / "history.json").read_text()) == history
+    assert any("valid_loss" in h for h in history)
+
+
+def test_training_resumes_where_it_stopped(run, dataset, tmp_path):
+    config, history = run
+    half = _tiny_config(dataset, tmp_path, steps=STEPS // 2)
+    first = train(half, progress=False)
+    assert first[-1]["step"] == STEPS // 2
+    resumed = train(_tiny_config(dataset, tmp_path), progress=False)
+    assert [h["step"] for h in resumed if "loss" in h] == \
+        [h["step"] for h in history if "loss" in h]
+    # the resumed run continues from the checkpoint with the same batches
+    a = load_models(tmp_path)[1].get_weights()
+    b = load_models(config.run_dir)[1].get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5)
+
+
+def test_training_refuses_a_run_dir_with_other_settings(run, dataset):
+    config, _ = run
+    with pytest.raises(TrainError, match="different settings"):
+        train(_tiny_config(dataset, config.run_dir, learning_rate=1e-4), progress=False)
+
+
+def test_config_file_toml_and_json(tmp_path):
+    (tmp_path / "t.toml").write_text(
+        'dataset = "d"\nsteps = 7\nfft_sizes = [256, 64]\n[model]\ndecoder_channels = 48\n')
+    cfg = load_config(tmp_path / "t.toml", run_dir="r")
+    assert (cfg.steps, cfg.run_dir, cfg.fft_sizes, cfg.model.decoder_channels) == \
+        (7, "r", (256, 64), 48)
+    (tmp_path / "t.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "t.json") == cfg
+    (tmp_path / "bad.toml").write_text("stepz = 3\n")
+    with pytest.raises(TrainError, match="stepz"):
+        load_config(tmp_path / "bad.toml")
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def _runner(path, key):
+    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_path=str(path)).get_signature_runner(key)
+
+
+def _decode_inputs(exported, n=3, frames=40):
+    feats = exported["feats"]
+    samples = [s for k, s in representative_samples(exported["encoder"], feats, n=n,
+                                                     frames=frames, seed=9) if k == "decode"]
+    return {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+
+
+def test_tflite_float32_matches_keras(exported):
+    inputs = _decode_inputs(exported)
+    want = {k: v.numpy() for k, v in exported["decoder"](inputs).items()}
+    got = _runner(exported["float32"], "decode")(**inputs)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].shape == want[k].shape
+        np.testing.assert_allclose(got[k], want[k], atol=1e-3)
+    enc_in = [s for k, s in representative_samples(exported["encoder"], exported["feats"],
+                                                   n=1, frames=30, seed=4) if k == "encode"][0]
+    z = _runner(exported["float32"], "encode")(**enc_in)["z"]
+    np.testing.assert_allclose(z, exported["encoder"](enc_in)["z"].numpy(), atol=1e-4)
+
+
+def test_int8_matches_float32(exported):
+    inputs = _decode_inputs(exported)
+    f32 = _runner(exported["float32"], "decode")(**inputs)
+    i8 = _runner(exported["int8"], "decode")(**inputs)
+    for k in f32:
+        err = np.abs(i8[k] - f32[k])
+        assert err.mean() < 1.0 and err.max() < 6.0, (k, err.mean(), err.max())
+
+
+def test_int8_model_is_integer_inside(exported):
+    from ai_edge_litert.interpreter import Interpreter
+    interp = Interpreter(model_path=str(exported["int8"]))
+    dtypes = {d["dtype"] for d in interp.get_tensor_details()}
+    assert np.int8 in dtypes
+    assert exported["int8"].stat().st_size < 0.8 * exported["float32"].stat().st_size
+    float_ops = [d for d in interp._get_ops_details()
+                 if d["op_name"] in ("FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL")
+                 and interp.get_tensor_details()[d["inputs"][0]]["dtype"] == np.float32]
+    assert float_ops == []
+
+
+def test_export_refusals(exported, tmp_path):
+    enc, dec = exported["encoder"], exported["decoder"]
+    with pytest.raises(ExportError, match="representative"):
+        export_tflite(enc, dec, tmp_path / "x.tflite", "int8")
+    with pytest.raises(ExportError, match="quantization"):
+        export_tflite(enc, dec, tmp_path / "x.tflite", "int4")
+    with pytest.raises(ExportError, match="signatures"):
+        export_tflite(enc, dec, tmp_path / "x.tflite", signatures=("generate",))
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def test_commands_build_train_export(tmp_path, dataset, capsys):
+    import argparse
+
+    from host_tools.model.cli import add_parsers
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command"))
+
+    def run(*argv):
+        args = parser.parse_args([str(a) for a in argv])
+        return args.func(args)
+    assert run("dataset", "build", "--out", tmp_path / "ds", "--programs", "200") == 1
+    assert "0..127" in capsys.readouterr().err
+    cfg = _tiny_config(dataset, tmp_path / "run", steps=3)
+    (tmp_path / "train.json").write_text(json.dumps(cfg.to_dict()))
+    assert run("model", "train", "--config", tmp_path / "train.json") == 0
+    assert "trained to step 3" in capsys.readouterr().out
+    assert run("model", "export", tmp_path / "run", "--out", tmp_path / "m.tflite",
+               "--calibration", 4, "--signatures", "decode") == 0
+    assert (tmp_path / "m.tflite").stat().st_size > 0
+    assert run("model", "export", tmp_path / "nothing", "--out", tmp_path / "x.tflite") == 1
