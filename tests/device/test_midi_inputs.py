@@ -272,7 +272,7 @@ def test_jack_virtual_keyboard_plays_the_engine_in_tune(jack_server, skip_or_fai
                   "the virtual keyboard opened")
             # JACK connects the ports at one of its next cycles: send morph X -> west until
             # it arrives (messages sent before the connection exists are lost, as on a wire)
-            _wait(lambda: keyboard.send_message([0xB0, 16, 0]) or router.received > 0, 5.0,
+            _wait(lambda kb=keyboard: kb.send_message([0xB0, 16, 0]) or router.received > 0, 5.0,
                   "MIDI flowing from the virtual keyboard")
             keyboard.send_message([0xE0, 0x00, 0x40])  # bend centre
             rec = _jack_rec(tmp_path / "note.wav", 2, skip_or_fail)
