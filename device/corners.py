@@ -5,7 +5,9 @@ instruments (N^4 combinations: 65,536 for 16, of which the original box offered 
 made on the box. A rebuild runs on a background thread; the engine keeps playing the old grid
 and picks up the new one at its next block (:meth:`device.engine.Engine.set_grid` only swaps a
 reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`kernels.grid.
-spectral_grid`); a neural pack (issue 3) plugs its decoder in here.
+spectral_grid`); a neural pack mixes the corners' embeddings z bilinearly and decodes every
+grid point at every pitch anchor with the pack's TFLite decoder in one batched call
+(:func:`neural_grid_db`, shared with the host pack build so both make the same grid).
 """
 
 from __future__ import annotations
@@ -13,14 +15,53 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
+from device.neural import ModelError
 from device.pack import Grid, Pack, PackError
-from kernels.grid import CORNERS, spectral_grid
-from kernels.quant import dequantize_db
+from kernels.grid import CORNERS, corner_weights, spectral_grid
+from kernels.pitch import midi_to_hz
+from kernels.quant import amplitude_to_db, dequantize_db, quantize_db
+from kernels.synth import controls_from_db
+
+
+def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
+                      size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a ``size x size`` morph grid from four corners' embeddings.
+
+    ``z``: ``(4, A, F, Z)`` float32 in ``CORNERS`` order; ``loudness_db``: ``(4, A, F)``.
+    Each grid point's z and loudness are the corners' mixed with bilinear weights
+    (:func:`kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels); f0 is
+    the anchor's pitch. All ``size * size * A`` notes go through ``decoder``
+    (:class:`device.neural.NeuralDecoder`) in one batched call. Returns the pack's dB codes
+    ``(grid_harmonics (G, G, A, F, K), grid_noise (G, G, A, F, B))`` uint8: partial amplitude
+    = amplitude x harmonic distribution, noise = band gains.
+    """
+    z = np.asarray(z, np.float32)
+    loudness_db = np.asarray(loudness_db, np.float32)
+    if z.ndim != 4 or z.shape[0] != 4 or loudness_db.shape != z.shape[:3]:
+        raise ValueError(f"expected z (4, A, F, Z) and loudness (4, A, F); got {z.shape}, "
+                         f"{loudness_db.shape}")
+    _, n_anchors, frames, z_dims = z.shape
+    axis = np.linspace(0.0, 1.0, size)
+    w = corner_weights(axis[None, :], axis[:, None]).astype(np.float32).reshape(-1, 4)
+    zg = (w @ z.reshape(4, -1)).reshape(-1, frames, z_dims)  # (G*G*A, F, Z)
+    loud = (w @ loudness_db.reshape(4, -1)).reshape(-1, frames)
+    f0 = np.broadcast_to(midi_to_hz(np.asarray(anchors, np.float64))[None, :, None],
+                         (size * size, n_anchors, frames)).reshape(-1, frames)
+    out = decoder.decode_db(zg, f0, loud)
+    amp, dist, noise = controls_from_db(out["amplitude_db"], out["harmonic_db"],
+                                        out["noise_db"])
+    shape = (size, size, n_anchors, frames)
+    harm = quantize_db(amplitude_to_db(amp[..., None] * dist)).reshape(shape + (-1,))
+    return harm, quantize_db(amplitude_to_db(noise)).reshape(shape + (-1,))
 
 
 def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
     """Grid for ``corners`` (``{"NW": i, ...}``, instrument indices) from ``pack``'s
-    instruments. Raises :class:`PackError` for an unknown corner or instrument index."""
+    instruments: spectral mode mixes their dB frames, neural mode decodes their mixed
+    embeddings (:func:`neural_grid_codes`). Raises :class:`PackError` for an unknown corner or
+    instrument index, :class:`device.neural.ModelError` if the decoder fails."""
     n = len(pack.instrument_names)
     if sorted(corners) != sorted(CORNERS):
         raise PackError(f"corners must name {', '.join(CORNERS)}, got {sorted(corners)}")
@@ -30,8 +71,16 @@ def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
     m = pack.manifest
     idx = [corners[c] for c in CORNERS]
     size = int(m["grid_size"])
-    harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)
-    noise = spectral_grid(dequantize_db(pack.arrays["instruments_noise"][idx]), size)
+    if m.get("mode") == "neural":
+        if pack.decoder is None:
+            raise PackError(f"{pack.path}: neural pack loaded without its decoder")
+        codes = neural_grid_codes(pack.decoder, pack.z_corners(idx),
+                                  pack.arrays["instruments_loudness"][idx],
+                                  m["pitch_anchors"], size)
+        harm, noise = (dequantize_db(c) for c in codes)
+    else:
+        harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)
+        noise = spectral_grid(dequantize_db(pack.arrays["instruments_noise"][idx]), size)
     return Grid.from_parts(harm, noise, anchors=m["pitch_anchors"],
                            frame_rate=float(m["frame_rate"]), loop_start=int(m["loop"]["start"]),
                            loop_end=int(m["loop"]["end"]),
@@ -108,7 +157,7 @@ class CornerSelector:
             t0 = time.perf_counter()
             try:
                 grid = build_grid(pack, wanted)
-            except (PackError, ValueError) as exc:
+            except (PackError, ValueError, ModelError) as exc:
                 self.last_error = str(exc)
                 continue
             with self._cv:

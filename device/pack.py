@@ -1,13 +1,16 @@
-"""Sound pack v1: read, verify and write (format in docs/pack-format.md).
+"""Sound packs v1 and v2: read, verify and write (format in docs/pack-format.md).
 
-A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member. The manifest
+A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member; a neural
+pack (v2) also carries the learned embeddings of its instruments (``instruments_z``,
+``instruments_z_scale``) and its TFLite decoder (``decoder.tflite``, read as bytes). The manifest
 names every member with its SHA-256, dtype and shape; :func:`load_pack` refuses a pack whose
 format or version it does not know, a missing, extra-named, truncated or altered member, or an
 array whose shape does not match the manifest's dimensions, raising :class:`PackError` with the
 reason. Arrays are read with ``allow_pickle=False``. :func:`write_pack` writes into a temporary
 sibling directory and renames it into place, so a reader never sees half a pack.
 
-Shared by the device (loading) and host_tools (building); numpy and the standard library only.
+Shared by the device (loading) and host_tools (building); numpy and the standard library only
+(plus the TFLite runtime of :mod:`device.neural` to check a neural pack's decoder).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,15 @@ from kernels.grid import CORNERS
 from kernels.quant import dequantize_db
 
 FORMAT = "morphbox-pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # spectral packs (the version v1 readers know)
+NEURAL_FORMAT_VERSION = 2  # neural packs: v1 members + embeddings + decoder
+FORMAT_VERSIONS = (FORMAT_VERSION, NEURAL_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 MODES = ("spectral", "neural")
+QUANTIZATIONS = ("int8", "float32")
+DECODER = "decoder.tflite"
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*\.npy$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*\.(npy|tflite)$")
 
 # member -> (dtype, shape expressed in manifest dimensions)
 MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -43,6 +50,12 @@ MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "grid_harmonics.npy": ("uint8", ("grid", "grid", "anchors", "frames", "harmonics")),
     "grid_noise.npy": ("uint8", ("grid", "grid", "anchors", "frames", "noise_bands")),
 }
+# required in a neural pack (format version 2), besides MEMBERS and DECODER
+NEURAL_MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "instruments_z.npy": ("int8", ("instruments", "anchors", "frames", "z_dims")),
+    "instruments_z_scale.npy": ("float32", ("instruments", "anchors")),
+}
+_SHAPES = {**MEMBERS, **NEURAL_MEMBERS}
 
 
 class PackError(Exception):
@@ -66,6 +79,9 @@ def _dims(manifest: dict) -> dict[str, int]:
             "harmonics": int(manifest["harmonics"]),
             "noise_bands": int(manifest["noise_bands"]),
             "grid": int(manifest["grid_size"]),
+            **({"z_dims": manifest["model"]["z_dims"]}
+               if isinstance(manifest.get("model"), dict) and "z_dims" in manifest["model"]
+               else {}),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise PackError(f"manifest is missing or has a bad dimension field: {exc}") from None
@@ -74,7 +90,7 @@ def _dims(manifest: dict) -> dict[str, int]:
 def expected_shape(member: str, manifest: dict) -> tuple[int, ...]:
     """Shape the manifest's dimensions require of ``member``."""
     dims = _dims(manifest)
-    return tuple(dims[d] for d in MEMBERS[member][1])
+    return tuple(dims[d] for d in _SHAPES[member][1])
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,17 @@ class Pack:
     path: Path
     manifest: dict
     arrays: dict
+    blobs: dict = field(default_factory=dict)  # ``.tflite`` members: name (no suffix) -> bytes
+    decoder: object = None  # neural pack: its verified device.neural.NeuralDecoder
+
+    @property
+    def is_neural(self) -> bool:
+        return self.manifest.get("mode") == "neural"
+
+    def z_corners(self, idx: list[int]) -> np.ndarray:
+        """Dequantised embeddings ``(len(idx), A, F, Z)`` float32 of instruments ``idx``."""
+        z = self.arrays["instruments_z"][idx].astype(np.float32)
+        return z * self.arrays["instruments_z_scale"][idx][:, :, None, None]
 
     @property
     def name(self) -> str:
@@ -103,12 +130,22 @@ def _check_manifest(manifest: dict, where: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PackError(f"{where}: not a morphbox pack (format field is not {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in FORMAT_VERSIONS:
         raise PackError(f"{where}: unknown pack format version {version!r}; this morphbox "
-                        f"reads version {FORMAT_VERSION}")
-    if manifest.get("mode") not in MODES:
-        raise PackError(f"{where}: unknown mode {manifest.get('mode')!r} (expected one of "
+                        f"reads versions {', '.join(map(str, FORMAT_VERSIONS))}")
+    mode = manifest.get("mode")
+    if mode not in MODES:
+        raise PackError(f"{where}: unknown mode {mode!r} (expected one of "
                         f"{', '.join(MODES)})")
+    # one layout per version: v1 spectral (no model), v2 neural (embeddings + decoder)
+    if version == 2 and mode != "neural":
+        raise PackError(f"{where}: pack format version 2 is for neural packs, but the mode is "
+                        f"{mode!r} (a spectral pack is written as version 1)")
+    if version == 1 and mode == "neural":
+        raise PackError(f"{where}: a neural pack needs format version 2 (its embeddings and "
+                        "decoder); version 1 cannot describe one")
+    if mode == "neural":
+        _check_model(manifest.get("model"), where)
     dims = _dims(manifest)
     for key, value in dims.items():
         if value <= 0:
@@ -140,12 +177,56 @@ def _check_manifest(manifest: dict, where: Path) -> None:
         raise PackError(f"{where}: manifest has no members table")
     for name, meta in members.items():
         if not _NAME.match(name):
-            raise PackError(f"{where}: member name {name!r} is not a plain .npy file name")
+            raise PackError(f"{where}: member name {name!r} is not a plain .npy or .tflite "
+                            "file name")
+        if name.endswith(".tflite") and mode != "neural":
+            raise PackError(f"{where}: member {name}: only a neural pack carries a model")
         if not isinstance(meta, dict):
             raise PackError(f"{where}: member {name} has no hash record in the manifest")
     missing = sorted(set(MEMBERS) - set(members))
     if missing:
         raise PackError(f"{where}: manifest lacks required member(s) {', '.join(missing)}")
+    if mode == "neural":
+        missing = sorted((set(NEURAL_MEMBERS) | {DECODER}) - set(members))
+        if missing:
+            raise PackError(f"{where}: neural pack lacks its model member(s) "
+                            f"{', '.join(missing)}")
+        if manifest["model"]["sha256"] != members[DECODER].get("sha256"):
+            raise PackError(f"{where}: model.sha256 in the manifest is not the SHA-256 of "
+                            f"member {DECODER}")
+
+
+def _check_model(model, where: Path) -> None:
+    """The manifest's ``model`` record of a neural pack."""
+    if not isinstance(model, dict):
+        raise PackError(f"{where}: neural pack has no model record (version, sha256, "
+                        "quantization, z_dims) in its manifest")
+    if not isinstance(model.get("version"), str) or not model["version"]:
+        raise PackError(f"{where}: model.version must be a non-empty string")
+    sha = model.get("sha256")
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise PackError(f"{where}: model.sha256 must be a hex SHA-256, got {sha!r}")
+    if model.get("quantization") not in QUANTIZATIONS:
+        raise PackError(f"{where}: model.quantization must be one of {', '.join(QUANTIZATIONS)},"
+                        f" got {model.get('quantization')!r}")
+    z = model.get("z_dims")
+    if type(z) is not int or z <= 0:
+        raise PackError(f"{where}: model.z_dims must be a positive integer, got {z!r}")
+
+
+def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
+    """The verified pack's decoder (``path / decoder.tflite``) as a
+    :class:`device.neural.NeuralDecoder`; raises :class:`PackError` naming the member when the
+    runtime is missing or the model's signature or sizes do not match the manifest."""
+    from device.neural import ModelError, NeuralDecoder
+    threads = num_threads or min(4, os.cpu_count() or 1)
+    try:
+        return NeuralDecoder(path / DECODER, z_dims=manifest["model"]["z_dims"],
+                             harmonics=manifest["harmonics"],
+                             noise_bands=manifest["noise_bands"], num_threads=threads)
+    except ModelError as exc:
+        raise PackError(f"{path}: member {DECODER} is not a usable decoder: "
+                        f"{str(exc).replace(str(path / DECODER) + ': ', '')}") from None
 
 
 def load_pack(path: str | os.PathLike) -> Pack:
@@ -163,7 +244,7 @@ def load_pack(path: str | os.PathLike) -> Pack:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackError(f"{path}: cannot read {MANIFEST}: {exc}") from None
     _check_manifest(manifest, path)
-    arrays = {}
+    arrays, blobs = {}, {}
     for name, meta in manifest["members"].items():
         file = path / name
         try:
@@ -175,44 +256,61 @@ def load_pack(path: str | os.PathLike) -> Pack:
         if sha256_bytes(data) != meta.get("sha256"):
             raise PackError(f"{path}: member {name} is corrupt (SHA-256 mismatch; "
                             f"{len(data)} bytes on disk)")
+        if name.endswith(".tflite"):
+            blobs[name[:-7]] = data
+            continue
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as exc:  # numpy raises several types for malformed headers
             raise PackError(f"{path}: member {name} is not a readable array: {exc}") from None
-        if name in MEMBERS:
-            dtype, _ = MEMBERS[name]
+        if name in _SHAPES:
+            dtype, _ = _SHAPES[name]
             shape = expected_shape(name, manifest)
             if array.dtype != np.dtype(dtype) or array.shape != shape:
                 raise PackError(f"{path}: member {name} has {array.dtype}{list(array.shape)}, "
                                 f"expected {dtype}{list(shape)}")
         arrays[name[:-4]] = array
-    return Pack(path=path, manifest=manifest, arrays=arrays)
+    decoder = None
+    if manifest["mode"] == "neural":
+        scale = arrays["instruments_z_scale"]
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise PackError(f"{path}: member instruments_z_scale.npy must be finite and "
+                            "positive")
+        decoder = load_decoder(path, manifest)
+    return Pack(path=path, manifest=manifest, arrays=arrays, blobs=blobs, decoder=decoder)
 
 
 def write_pack(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write a pack directory atomically; returns its path.
 
     ``manifest``: every field but ``members``, ``format`` and ``format_version`` (filled in
-    here). ``arrays``: member name without ``.npy`` -> array. Replaces an existing pack at
-    ``path``. Raises :class:`PackError` if the result would not verify.
+    here: 2 for a neural pack, 1 otherwise). ``arrays``: member name without suffix -> array
+    (``.npy``) or ``bytes`` (a ``.tflite`` model). Replaces an existing pack at ``path``.
+    Raises :class:`PackError` if the result would not verify.
     """
     path = Path(path)
-    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+    version = NEURAL_FORMAT_VERSION if manifest.get("mode") == "neural" else FORMAT_VERSION
+    manifest = dict(manifest, format=FORMAT, format_version=version)
     manifest["members"] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            data = buf.getvalue()
-            name = f"{key}.npy"
+            value = arrays[key]
+            if isinstance(value, (bytes, bytearray)):
+                data, name = bytes(value), f"{key}.tflite"
+                meta = {"kind": "tflite"}
+            else:
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+                data, name = buf.getvalue(), f"{key}.npy"
+                meta = {"dtype": str(value.dtype), "shape": list(value.shape)}
             if not _NAME.match(name):
-                raise PackError(f"{path}: member name {name!r} is not a plain .npy file name")
+                raise PackError(f"{path}: member name {name!r} is not a plain .npy or .tflite "
+                                "file name")
             (tmp / name).write_bytes(data)
             manifest["members"][name] = {"sha256": sha256_bytes(data), "bytes": len(data),
-                                         "dtype": str(arrays[key].dtype),
-                                         "shape": list(arrays[key].shape)}
+                                         **meta}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
                                     encoding="utf-8")
         try:

@@ -1,8 +1,16 @@
 """Build a sound pack: source notes -> analysis -> spectral morph grid -> pack directory.
 
 ``spectral`` mode: each grid point's frames are the corner instruments' analysed frames mixed
-with bilinear corner weights in dB (a geometric morph of partial and noise magnitudes). The
-neural mode (learned embeddings decoded per grid point) writes the same members.
+with bilinear corner weights in dB (a geometric morph of partial and noise magnitudes).
+
+``neural`` mode (``PackSettings(mode="neural", model=...)``): the encoder of a trained model
+turns each instrument's analysed frames at each pitch anchor into z (16 per frame), stored as
+int8 with one scale per note (``instruments_z``, ``instruments_z_scale``); each grid point's
+z is the corners' z mixed with bilinear weights and every grid point at every anchor is
+decoded (one batched call of the pack's own ``decoder.tflite``, the very function the device
+uses: :func:`device.corners.neural_grid_codes`) to the same ``grid_*`` dB codes the engine
+plays. Deterministic: TFLite inference is, and the only random choice (int8 calibration
+crops when a run directory is exported) is drawn from ``settings.seed``.
 
 Every source note is checked with pyin: the deviation from its MIDI pitch is stored in the pack
 (``instruments_pitch_cents``), small deviations (< 50 cents) refine the f0 used for analysis,
@@ -11,8 +19,12 @@ and notes further off are reported.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -75,6 +87,8 @@ class PackSettings:
     loop_start_s: float = 0.8
     loop_end_s: float = 1.6
     mode: str = "spectral"
+    model: str | None = None  # neural mode: a .tflite (encode + decode signatures) or a run dir
+    seed: int = 0  # neural mode: int8 calibration crops when exporting a run directory
 
     @property
     def loop_frames(self) -> tuple[int, int]:
@@ -176,8 +190,11 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
 
     from host_tools import __version__
     settings = settings or PackSettings()
-    if settings.mode != "spectral":
+    if settings.mode not in ("spectral", "neural"):
         raise ValueError(f"pack mode {settings.mode!r} is not available in this build")
+    if settings.mode == "neural" and not settings.model:
+        raise ValueError("a neural pack needs a model (a .tflite file or a training run dir)")
+    model = resolve_model(settings.model, settings.seed) if settings.mode == "neural" else None
     if sorted(settings.corners) != sorted(CORNERS):
         raise ValueError("corners must name NW, NE, SW and SE")
     t0 = time.time()
@@ -201,9 +218,16 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
                 bar.advance(task)
     harm = np.stack([r.harmonics for r in results])
     noise = np.stack([r.noise for r in results])
+    loudness = np.stack([r.loudness for r in results])
     corner_idx = [settings.corners[c] for c in CORNERS]
-    grid_h = quantize_db(spectral_grid(dequantize_db(harm[corner_idx]), settings.grid_size))
-    grid_n = quantize_db(spectral_grid(dequantize_db(noise[corner_idx]), settings.grid_size))
+    extra: dict = {}
+    if model is None:
+        grid_h = quantize_db(spectral_grid(dequantize_db(harm[corner_idx]), settings.grid_size))
+        grid_n = quantize_db(spectral_grid(dequantize_db(noise[corner_idx]), settings.grid_size))
+    else:
+        pitches = np.array([[n["pitch"] for n in r.notes] for r in results], np.float64)
+        grid_h, grid_n, extra = neural_members(model, harm, noise, loudness, pitches,
+                                               settings, jobs)
     loop_start, loop_end = settings.loop_frames
     cents = np.stack([r.pitch_cents for r in results])
     manifest = {
@@ -220,6 +244,7 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
         "db_quantisation": {"min_db": -120.0, "step_db": 0.5},
         "instruments": [dict(s.describe(), notes=r.notes) for s, r in zip(specs, results)],
         "corners": dict(settings.corners),
+        **({"model": model.record} if model is not None else {}),
         "provenance": {
             "tool": "morphbox", "tool_version": __version__,
             "settings": {k: v for k, v in asdict(settings).items() if k != "instruments"},
@@ -231,8 +256,126 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
         },
     }
     arrays = {"instruments_harmonics": harm, "instruments_noise": noise,
-              "instruments_loudness": np.stack([r.loudness for r in results]),
-              "instruments_pitch_cents": cents,
-              "grid_harmonics": grid_h, "grid_noise": grid_n}
+              "instruments_loudness": loudness, "instruments_pitch_cents": cents,
+              "grid_harmonics": grid_h, "grid_noise": grid_n, **extra}
     return write_pack(out, manifest, arrays)
+
+
+# ------------------------------------------------------------------------------ neural mode
+
+
+@dataclass(frozen=True)
+class NeuralModel:
+    """A model file for a neural pack: ``.tflite`` bytes with ``encode`` and ``decode``
+    signatures, and the manifest's ``model`` record (``version``, ``sha256``,
+    ``quantization``, ``z_dims``)."""
+
+    tflite: bytes
+    record: dict
+
+
+_EXPORT = """
+import sys
+from host_tools.model.dataset import load_split
+from host_tools.model.export import export_tflite, representative_samples
+from host_tools.model.train import load_models
+run, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+enc, dec, cfg = load_models(run)
+rep = representative_samples(enc, load_split(cfg.dataset, "train"), n=64, seed=seed)
+export_tflite(enc, dec, out, "int8", rep)
+"""
+
+
+def _tflite_quantization(interp) -> str:
+    kinds = {np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    return "int8" if np.dtype(np.int8) in kinds else "float32"
+
+
+def resolve_model(model: str | os.PathLike, seed: int = 0) -> NeuralModel:
+    """Load ``model``: a ``.tflite`` file with ``encode`` and ``decode`` signatures (as
+    :func:`host_tools.model.export.export_tflite` writes by default), or a finished training
+    run directory, which is exported to full-integer int8 (calibration crops drawn with
+    ``seed`` from the run's dataset) into ``run_dir/pack_int8_seed{seed}.tflite`` (reused
+    while newer than the weights). The export runs TensorFlow in a subprocess: this process
+    uses only the TFLite runtime. Raises ``ValueError`` with the reason."""
+    from device.neural import ModelError, NeuralDecoder, _interpreter_class
+    path = Path(model)
+    if path.is_dir():
+        out = path / f"pack_int8_seed{seed}.tflite"
+        weights = path / "decoder.weights.h5"
+        if not weights.exists():
+            raise ValueError(f"{path}: not a finished training run (no {weights.name})")
+        if not out.exists() or out.stat().st_mtime < weights.stat().st_mtime:
+            root = Path(__file__).resolve().parents[1]
+            res = subprocess.run([sys.executable, "-c", _EXPORT, str(path), str(out),
+                                  str(seed)], cwd=root, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise ValueError(f"{path}: int8 export failed: {res.stderr[-2000:]}")
+        version = f"{path.name}-int8"
+        path = out
+    else:
+        version = path.stem
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read model {path}: {exc}") from None
+    try:
+        dec = NeuralDecoder(path, z_dims=None)
+    except ModelError as exc:
+        raise ValueError(str(exc)) from None
+    interp = _interpreter_class()(model_content=blob)
+    if "encode" not in interp.get_signature_list():
+        raise ValueError(f"{path}: no 'encode' signature: a neural pack build needs the "
+                         "encoder too (export with both signatures)")
+    record = {"version": version, "sha256": hashlib.sha256(blob).hexdigest(),
+              "quantization": _tflite_quantization(interp), "z_dims": dec.z_dims}
+    return NeuralModel(blob, record)
+
+
+def quantize_z(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``z`` ``(N, A, F, Z)`` -> int8 codes and one float32 scale per note ``(N, A)``
+    (``z = code * scale``; the scale maps the note's largest ``|z|`` to 127)."""
+    peak = np.abs(z).max(axis=(2, 3))
+    scale = np.where(peak > 0, peak / 127.0, 1.0 / 127.0).astype(np.float32)
+    codes = np.clip(np.round(z / scale[:, :, None, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def encode_notes(model: NeuralModel, harm: np.ndarray, noise: np.ndarray,
+                 loudness: np.ndarray, pitches: np.ndarray, threads: int = 1) -> np.ndarray:
+    """z ``(N, A, F, Z)`` float32 of every note (one batched call of the ``encode``
+    signature): ``harm``/``noise`` dB codes ``(N, A, F, K|B)``, ``loudness`` dB ``(N, A, F)``,
+    ``pitches`` ``(N, A)`` MIDI pitch each note was analysed at."""
+    from device.neural import _interpreter_class
+    interp = _interpreter_class()(model_content=model.tflite, num_threads=threads)
+    run = interp.get_signature_runner("encode")
+    n, a, f = loudness.shape
+    out = run(f0_midi=np.repeat(pitches.reshape(-1, 1), f, 1).astype(np.float32),
+              loudness_db=loudness.reshape(n * a, f).astype(np.float32),
+              harmonic_db=dequantize_db(harm).reshape(n * a, f, -1),
+              noise_db=dequantize_db(noise).reshape(n * a, f, -1))
+    z = np.asarray(out["z"], np.float32)
+    return z.reshape(n, a, f, -1)
+
+
+def neural_members(model: NeuralModel, harm, noise, loudness, pitches,
+                   settings: PackSettings, threads: int | None = None):
+    """``(grid_harmonics, grid_noise, {instruments_z, instruments_z_scale, decoder})`` of a
+    neural pack: encode, quantise z, decode the grid of ``settings.corners`` with the very
+    decoder the pack carries (the device's rebuild for these corners gives the same grid)."""
+    from device.corners import neural_grid_codes
+    from device.neural import NeuralDecoder
+    threads = threads or os.cpu_count() or 1
+    codes, scale = quantize_z(encode_notes(model, harm, noise, loudness, pitches, threads))
+    z = codes.astype(np.float32) * scale[:, :, None, None]
+    idx = [settings.corners[c] for c in CORNERS]
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "decoder.tflite"
+        file.write_bytes(model.tflite)
+        dec = NeuralDecoder(file, z_dims=model.record["z_dims"], harmonics=settings.harmonics,
+                            noise_bands=settings.noise_bands, num_threads=threads)
+        grid_h, grid_n = neural_grid_codes(dec, z[idx], loudness[idx], settings.anchors,
+                                           settings.grid_size)
+    return grid_h, grid_n, {"instruments_z": codes, "instruments_z_scale": scale,
+                            "decoder": model.tflite}
 
