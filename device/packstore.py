@@ -46,6 +46,7 @@ from pathlib import Path
 
 from device.archive import PACK_NAME, ArchiveError, extract_archive, key_id
 from device.pack import DEFAULT_PACK, MANIFEST, Pack, PackError, grid_from_pack, load_pack
+from device.state import state_dir
 
 log = logging.getLogger("morphbox.packstore")
 
@@ -56,14 +57,7 @@ DEFAULT_RESERVE_BYTES = 32 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}-[0-9a-f]{12}$")
 
 
-def state_root() -> Path:
-    """``$MORPHBOX_STATE_DIR``, else ``$XDG_STATE_HOME/morphbox``, else
-    ``~/.local/state/morphbox`` (the same rule as :func:`device.recorder.state_dir`)."""
-    env = os.environ.get("MORPHBOX_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "morphbox"
+state_root = state_dir  # the one rule for the state directory: device/state.py
 
 
 class StoreError(Exception):

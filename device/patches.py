@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from device.state import state_dir
+
 CORNERS = ("NW", "NE", "SW", "SE")
 SLOTS = 4
 
@@ -22,10 +24,7 @@ class PatchError(ValueError):
     """A patch or slot is invalid, or a patch file cannot be read or written."""
 
 
-def state_dir() -> Path:
-    """``MORPHBOX_STATE_DIR`` or ``~/.local/state/morphbox``."""
-    env = os.environ.get("MORPHBOX_STATE_DIR", "").strip()
-    return Path(env) if env else Path.home() / ".local" / "state" / "morphbox"
+# state_dir(): the one rule for the state directory lives in device/state.py
 
 
 @dataclass(frozen=True)

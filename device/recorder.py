@@ -41,6 +41,8 @@ from pathlib import Path
 import mido
 import numpy as np
 
+from device.state import state_dir
+
 log = logging.getLogger("morphbox.recorder")
 
 TICKS_PER_BEAT = 480
@@ -48,14 +50,7 @@ TEMPO = 500_000  # microseconds per beat (120 bpm)
 TICKS_PER_SECOND = TICKS_PER_BEAT * 1_000_000 / TEMPO
 
 
-def state_dir() -> Path:
-    """``$MORPHBOX_STATE_DIR``, else ``$XDG_STATE_HOME/morphbox``, else
-    ``~/.local/state/morphbox``."""
-    env = os.environ.get("MORPHBOX_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "morphbox"
+# state_dir(): the one rule for the state directory lives in device/state.py
 
 
 def recordings_dir() -> Path:
