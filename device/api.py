@@ -47,7 +47,7 @@ from pathlib import Path
 from aiohttp import web
 
 from device.archive import ARCHIVE_VERSION, parse_public_key
-from device.pack import FORMAT_VERSION
+from device.pack import FORMAT_VERSIONS
 from device.packstore import PackStore, StoreError
 
 log = logging.getLogger("morphbox.api")
@@ -185,7 +185,8 @@ class ApiServer:
     async def status(self, request):
         ptr = self.store.pointer()
         body = {"device": "morphbox", "version": morphbox_version(),
-                "pack_format_version": FORMAT_VERSION, "archive_version": ARCHIVE_VERSION,
+                "pack_format_version": max(FORMAT_VERSIONS),
+                "pack_format_versions": list(FORMAT_VERSIONS), "archive_version": ARCHIVE_VERSION,
                 "active": ptr["active"], "previous": ptr.get("previous"),
                 "recovered_from": ptr.get("recovered_from", []),
                 "free_bytes": max(self.store.free_bytes(), 0),

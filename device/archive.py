@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device.pack import FORMAT, FORMAT_VERSION, MANIFEST
+from device.pack import _NAME as _PACK_MEMBER_NAME
+from device.pack import FORMAT, FORMAT_VERSIONS, MANIFEST
 
 MAGIC = b"MBPACK"
 ARCHIVE_VERSION = 1
@@ -44,7 +45,7 @@ SIGNATURE_BYTES = 64
 SUFFIX = ".mbpack"
 CHUNK = 1 << 16
 
-_MEMBER = re.compile(r"^[a-z][a-z0-9_]*\.npy$")
+_MEMBER = _PACK_MEMBER_NAME  # the pack format's own rule: plain .npy / .tflite names
 PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -219,9 +220,9 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
         raise ArchiveError(f"not a morphbox pack (pack_format {header.get('pack_format')!r})",
                            "format")
     pv = header.get("pack_format_version")
-    if pv != FORMAT_VERSION:
+    if pv not in FORMAT_VERSIONS:
         raise ArchiveError(f"incompatible pack: format version {pv!r}, this device reads "
-                           f"version {FORMAT_VERSION}", "version")
+                           f"versions {', '.join(map(str, FORMAT_VERSIONS))}", "version")
     name = header.get("name")
     if not isinstance(name, str) or not PACK_NAME.match(name):
         raise ArchiveError(f"pack name {name!r} is not allowed (letters, digits, . _ -; at most "

@@ -21,8 +21,7 @@ from device.neural import ModelError
 from device.pack import Grid, Pack, PackError
 from kernels.grid import CORNERS, corner_weights, spectral_grid
 from kernels.pitch import midi_to_hz
-from kernels.quant import amplitude_to_db, dequantize_db, quantize_db
-from kernels.synth import controls_from_db
+from kernels.quant import DB_MIN, DB_STEP, dequantize_db
 
 
 def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
@@ -50,11 +49,21 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
     f0 = np.broadcast_to(midi_to_hz(np.asarray(anchors, np.float64))[None, :, None],
                          (size * size, n_anchors, frames)).reshape(-1, frames)
     out = decoder.decode_db(zg, f0, loud)
-    amp, dist, noise = controls_from_db(out["amplitude_db"], out["harmonic_db"],
-                                        out["noise_db"])
+    # partial k in dB = amplitude_db + harmonic_db_k - 20 log10(sum_j 10^(harmonic_db_j / 20))
+    # (amplitude x normalised distribution, as kernels.synth.controls_from_db), computed in
+    # the dB domain in float32: a rebuild is ~10 M values and this is most of its numpy time
+    h = out["harmonic_db"]
+    total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
+    level = out["amplitude_db"] - np.float32(20.0) * np.log10(total)
     shape = (size, size, n_anchors, frames)
-    harm = quantize_db(amplitude_to_db(amp[..., None] * dist)).reshape(shape + (-1,))
-    return harm, quantize_db(amplitude_to_db(noise)).reshape(shape + (-1,))
+    harm = _codes(h + level[..., None]).reshape(shape + (-1,))
+    return harm, _codes(out["noise_db"]).reshape(shape + (-1,))
+
+
+def _codes(db: np.ndarray) -> np.ndarray:
+    """dB float32 -> the pack's uint8 codes (:func:`kernels.quant.quantize_db`, in float32)."""
+    q = np.rint((db - np.float32(DB_MIN)) * np.float32(1.0 / DB_STEP))
+    return np.clip(q, 0, 255, out=q).astype(np.uint8)
 
 
 def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:

@@ -133,7 +133,12 @@ def cmd_devices(args) -> int:
 def cmd_pack_build(args) -> int:
     from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
     from host_tools.sources import GM_PROGRAM_NAMES
-    kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity}
+    kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity,
+          "mode": args.mode, "model": args.model, "seed": args.seed}
+    if args.mode == "neural" and not args.model:
+        print("error: --mode neural needs --model (a .tflite with encode and decode "
+              "signatures, or a training run directory)", file=sys.stderr)
+        return 2
     if args.programs or args.wav:
         specs = [InstrumentSpec(GM_PROGRAM_NAMES[p], program=p) for p in args.programs or []]
         for item in args.wav or []:
@@ -319,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid-size", type=int, default=9)
     sp.add_argument("--velocity", type=int, default=100)
     sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
+    sp.add_argument("--mode", choices=("spectral", "neural"), default="spectral",
+                    help="spectral: corners' frames mixed in dB; neural: embeddings mixed and "
+                    "decoded by the model (the pack carries the decoder)")
+    sp.add_argument("--model", metavar="PATH", help="neural mode: a .tflite with encode and "
+                    "decode signatures (e.g. device/models/default_int8.tflite) or a "
+                    "training run directory (exported to int8)")
+    sp.add_argument("--seed", type=int, default=0,
+                    help="neural mode: int8 calibration seed when --model is a run directory")
     sp.set_defaults(func=cmd_pack_build)
     sp = psub.add_parser("info", help="verify a pack and describe it")
     sp.add_argument("pack", nargs="?", default=str(DEFAULT_PACK))

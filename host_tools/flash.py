@@ -227,10 +227,11 @@ def _check_archive(file: Path, status: dict) -> None:
         raise FlashError(f"{file}: {exc}") from None
     av = int.from_bytes(fixed[6:8], "little")
     pv = header.get("pack_format_version")
-    if av != status.get("archive_version") or pv != status.get("pack_format_version"):
+    readable = status.get("pack_format_versions", [status.get("pack_format_version")])
+    if av != status.get("archive_version") or pv not in readable:
         raise FlashError(f"incompatible version: {file.name} is pack format {pv} (archive "
                          f"{av}), the device (morphbox {status.get('version')}) reads pack "
-                         f"format {status.get('pack_format_version')} (archive "
+                         f"format {', '.join(map(str, readable))} (archive "
                          f"{status.get('archive_version')}); update morphbox on the older "
                          f"side")
 

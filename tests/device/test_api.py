@@ -63,7 +63,7 @@ def test_status_and_list_are_open(box):
     st, body = box["api"]("GET", "/api/status", token=None)
     assert st == 200
     assert body["active"] == box["first"] and body["pack"] == "p120"
-    assert body["pack_format_version"] == 1 and body["archive_version"] == 1
+    assert body["pack_format_versions"] == [1, 2] and body["archive_version"] == 1
     assert body["audio"]["errors"] == 0 and body["corners"]["NW"] == "p120-inst0"
     st, packs = box["api"]("GET", "/api/packs", token=None)
     assert st == 200 and [p["id"] for p in packs] == [BUILTIN, box["first"]]
@@ -118,9 +118,9 @@ def test_refusals_have_status_and_message_and_lose_nothing(box):
     st, body = api("POST", "/api/packs", evil.read_bytes())
     assert st == 400 and "path traversal" in body["error"]
     v2 = raw_archive(tmp, box["key"], tmp / "p200",
-                     header_edit=lambda h: h.update(pack_format_version=2))
+                     header_edit=lambda h: h.update(pack_format_version=99))
     st, body = api("POST", "/api/packs", v2.read_bytes())
-    assert st == 422 and "incompatible pack: format version 2" in body["error"]
+    assert st == 422 and "incompatible pack: format version 99" in body["error"]
     st, body = api("POST", "/api/packs", b"not an archive at all")
     assert st == 400 and "not a morphbox pack archive" in body["error"]
     box["store"].max_pack_bytes = 10_000

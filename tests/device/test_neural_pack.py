@@ -1,0 +1,327 @@
+"""Neural packs (format version 2): round trip, refusals, deterministic build, device rebuild.
+
+The tiny test models are made by TensorFlow in a *subprocess* (as in test_neural.py: the
+device side never imports TensorFlow, and a TFLite runtime may break when TensorFlow was
+imported first in the process). They are untrained (seeded random weights): these tests are
+about the pack mechanics, not sound quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.corners import CornerSelector, build_grid
+from device.pack import (
+    MANIFEST,
+    MEMBERS,
+    NEURAL_MEMBERS,
+    PackError,
+    grid_from_pack,
+    load_pack,
+    write_pack,
+)
+
+pytest.importorskip("ai_edge_litert")
+
+_MAKE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import keras
+    import numpy as np
+    from host_tools.model.export import export_tflite
+    from host_tools.model.network import ModelConfig, build_decoder, build_encoder
+
+    out = Path(sys.argv[1])
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(encoder_channels=16, encoder_layers=1, decoder_channels=32,
+                      decoder_layers=2)
+    enc, dec = build_encoder(cfg), build_decoder(cfg)
+    rng = np.random.default_rng(0)
+    rep = []
+    for _ in range(8):
+        f = {"f0_midi": np.full((1, 20), rng.uniform(30, 90), np.float32),
+             "loudness_db": rng.uniform(-70, -10, (1, 20)).astype(np.float32),
+             "harmonic_db": rng.uniform(-120, -10, (1, 20, 64)).astype(np.float32),
+             "noise_db": rng.uniform(-120, -40, (1, 20, 32)).astype(np.float32)}
+        z = np.asarray(enc(f)["z"], np.float32)
+        rep += [("encode", f), ("decode", {"z": z, "f0_midi": f["f0_midi"],
+                                          "loudness_db": f["loudness_db"]})]
+    export_tflite(enc, dec, out / "tiny_int8.tflite", "int8", rep)
+    export_tflite(enc, dec, out / "encode_only.tflite", signatures=("encode",))
+""")
+
+D = {"instruments": 4, "anchors": 2, "frames": 6, "harmonics": 64, "noise_bands": 32,
+     "grid": 3, "z_dims": 16}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, skip_or_fail) -> Path:
+    try:
+        import tensorflow  # noqa: F401  (only to know whether the host extra is installed)
+    except ImportError:
+        skip_or_fail("tensorflow (host extra) is needed to make the test models")
+    out = tmp_path_factory.mktemp("neural_pack_models")
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", _MAKE, str(out)], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def parts(model: bytes | None, seed: int = 0) -> tuple[dict, dict]:
+    """Manifest fields and members of a small pack; neural when ``model`` is given."""
+    rng = np.random.default_rng(seed)
+    manifest = {
+        "name": "tiny", "mode": "spectral",
+        "instruments": [{"name": f"inst{i}"} for i in range(D["instruments"])],
+        "pitch_anchors": [48, 60], "frames": D["frames"], "harmonics": D["harmonics"],
+        "noise_bands": D["noise_bands"], "grid_size": D["grid"], "frame_rate": 50.0,
+        "source_sample_rate": 16000, "loop": {"start": 2, "end": 5, "style": "ping-pong"},
+        "corners": {"NW": 0, "NE": 1, "SW": 2, "SE": 3},
+    }
+    arrays = {}
+    for member, (dtype, dims) in MEMBERS.items():
+        shape = tuple(D[x] for x in dims)
+        arrays[member[:-4]] = (rng.integers(100, 200, shape, dtype=np.uint8)
+                               if dtype == "uint8" else
+                               rng.uniform(-40, -10, shape).astype(dtype))
+    if model is not None:
+        manifest["mode"] = "neural"
+        manifest["model"] = {"version": "tiny", "sha256": hashlib.sha256(model).hexdigest(),
+                             "quantization": "int8", "z_dims": D["z_dims"]}
+        for member, (dtype, dims) in NEURAL_MEMBERS.items():
+            shape = tuple(D[x] for x in dims)
+            arrays[member[:-4]] = (rng.integers(-127, 128, shape, dtype=np.int8)
+                                   if dtype == "int8" else np.full(shape, 1 / 127, dtype))
+        arrays["decoder"] = model
+    return manifest, arrays
+
+
+@pytest.fixture
+def neural(models, tmp_path) -> Path:
+    manifest, arrays = parts((models / "tiny_int8.tflite").read_bytes())
+    return write_pack(tmp_path / "neural", manifest, arrays)
+
+
+def _edit(path: Path, fn) -> None:
+    m = json.loads((path / MANIFEST).read_text())
+    fn(m)
+    (path / MANIFEST).write_text(json.dumps(m))
+
+
+def _replace(path: Path, member: str, data: bytes, fix_hash: bool = True) -> None:
+    (path / member).write_bytes(data)
+    if fix_hash:
+        def fn(m):
+            m["members"][member]["sha256"] = hashlib.sha256(data).hexdigest()
+            if member == "decoder.tflite":
+                m["model"]["sha256"] = hashlib.sha256(data).hexdigest()
+        _edit(path, fn)
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(PackError) as exc:
+        load_pack(path)
+    return str(exc.value)
+
+
+# ------------------------------------------------------------------------------ format
+
+
+def test_neural_pack_round_trip_is_version_2(neural, models):
+    pack = load_pack(neural)
+    m = pack.manifest
+    assert m["format_version"] == 2 and m["mode"] == "neural" and pack.is_neural
+    blob = (models / "tiny_int8.tflite").read_bytes()
+    assert pack.blobs["decoder"] == blob and "decoder" not in pack.arrays
+    assert m["members"]["decoder.tflite"] == {"sha256": hashlib.sha256(blob).hexdigest(),
+                                              "bytes": len(blob), "kind": "tflite"}
+    z = pack.arrays["instruments_z"]
+    assert z.dtype == np.int8 and z.shape == (4, 2, 6, 16)
+    assert pack.decoder is not None and pack.decoder.z_dims == 16
+    np.testing.assert_allclose(pack.z_corners([1])[0], z[1] / 127, rtol=1e-6)
+
+
+def test_spectral_packs_are_still_written_and_read_as_version_1(tmp_path):
+    manifest, arrays = parts(None)
+    pack = load_pack(write_pack(tmp_path / "spec", manifest, arrays))
+    assert pack.manifest["format_version"] == 1 and pack.decoder is None and not pack.blobs
+    assert not pack.is_neural
+    # the shipped (v1) pack loads and rebuilds as before
+    shipped = load_pack("device/packs/default")
+    assert shipped.manifest["format_version"] == 1
+    assert build_grid(shipped, shipped.corners).frames_db.shape == \
+        grid_from_pack(shipped).frames_db.shape
+
+
+@pytest.mark.parametrize("member", ["instruments_z.npy", "instruments_z_scale.npy",
+                                    "decoder.tflite"])
+def test_neural_pack_without_its_model_members_is_refused(neural, member):
+    (neural / member).unlink()
+    _edit(neural, lambda m: m["members"].pop(member))
+    msg = _refusal(neural)
+    assert "neural pack lacks its model member" in msg and member in msg
+
+
+def test_neural_pack_without_model_record_is_refused(neural):
+    _edit(neural, lambda m: m.pop("model"))
+    assert "no model record" in _refusal(neural)
+
+
+def test_decoder_with_wrong_signature_is_refused(neural, models):
+    _replace(neural, "decoder.tflite", (models / "encode_only.tflite").read_bytes())
+    msg = _refusal(neural)
+    assert "member decoder.tflite is not a usable decoder" in msg and "'decode'" in msg
+
+
+def test_decoder_that_is_not_a_model_is_refused(neural):
+    _replace(neural, "decoder.tflite", b"\x00not a flatbuffer" * 64)
+    assert "decoder.tflite" in _refusal(neural)
+
+
+def test_model_z_size_that_differs_from_the_decoder_is_refused(neural):
+    # z member re-shaped and re-hashed consistently: only the decoder check can catch it
+    import io
+    z = np.zeros((4, 2, 6, 8), np.int8)
+    buf = io.BytesIO()
+    np.save(buf, z)
+    _replace(neural, "instruments_z.npy", buf.getvalue())
+    _edit(neural, lambda m: m["model"].update(z_dims=8))
+    msg = _refusal(neural)
+    assert "decoder.tflite" in msg and "16 z size, expected 8" in msg
+
+
+def test_mismatched_z_shape_is_refused(neural):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 2, 6, 8), np.int8))
+    _replace(neural, "instruments_z.npy", buf.getvalue())
+    msg = _refusal(neural)
+    assert "instruments_z.npy" in msg and "[4, 2, 6, 16]" in msg
+
+
+def test_bit_flip_in_decoder_is_refused(neural):
+    data = bytearray((neural / "decoder.tflite").read_bytes())
+    data[len(data) // 2] ^= 1
+    _replace(neural, "decoder.tflite", bytes(data), fix_hash=False)
+    assert "decoder.tflite is corrupt" in _refusal(neural)
+
+
+def test_model_hash_must_name_the_decoder(neural):
+    _edit(neural, lambda m: m["model"].update(sha256="0" * 64))
+    assert "model.sha256" in _refusal(neural)
+
+
+def test_version_and_mode_must_agree(neural):
+    _edit(neural, lambda m: m.update(format_version=1))
+    assert "needs format version 2" in _refusal(neural)
+    _edit(neural, lambda m: m.update(format_version=2, mode="spectral"))
+    assert "format version 2 is for neural packs" in _refusal(neural)
+
+
+def test_tflite_member_in_a_spectral_pack_is_refused(tmp_path):
+    manifest, arrays = parts(None)
+    with pytest.raises(PackError, match="only a neural pack carries a model"):
+        write_pack(tmp_path / "spec", manifest, dict(arrays, decoder=b"x" * 10))
+    assert not (tmp_path / "spec").exists()
+
+
+# ------------------------------------------------------------------------------ build, device
+
+
+@pytest.fixture(scope="module")
+def built(models, tmp_path_factory, skip_or_fail):
+    from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
+    from host_tools.sources import SourceError, find_soundfont
+    try:
+        find_soundfont()
+    except SourceError as exc:
+        skip_or_fail(str(exc))
+    settings = PackSettings(
+        name="neural-small",
+        instruments=tuple(InstrumentSpec(n, program=p) for n, p in
+                          (("Cello", 42), ("Flute", 73), ("Piano", 0), ("Organ", 19),
+                           ("Sawtooth", 81))),
+        corners={"NW": 0, "NE": 1, "SW": 2, "SE": 3}, anchors=(48, 72), grid_size=3,
+        mode="neural", model=str(models / "tiny_int8.tflite"), seed=3)
+    out = tmp_path_factory.mktemp("built")
+    return settings, build_pack(out / "a", settings, jobs=1, progress=False), out
+
+
+def test_neural_build_writes_a_neural_pack(built, models):
+    _, path, _ = built
+    pack = load_pack(path)
+    m = pack.manifest
+    assert m["format_version"] == 2 and m["mode"] == "neural"
+    blob = (models / "tiny_int8.tflite").read_bytes()
+    assert m["model"] == {"version": "tiny_int8", "sha256": hashlib.sha256(blob).hexdigest(),
+                          "quantization": "int8", "z_dims": 16}
+    z = pack.arrays["instruments_z"]
+    assert z.shape == (5, 2, m["frames"], 16) and np.abs(z).max() == 127
+    grid = grid_from_pack(pack)
+    assert np.isfinite(grid.frames_db).all() and grid.harmonics_db.max() > -100
+    # the device's rebuild for the pack's own corners is the stored grid, code for code
+    assert np.array_equal(build_grid(pack, pack.corners).frames_db, grid.frames_db)
+
+
+def test_neural_build_is_deterministic_for_a_seed(built):
+    from host_tools.packbuild import build_pack
+    settings, path, out = built
+    again = build_pack(out / "b", settings, jobs=2, progress=False)
+    a = json.loads((path / MANIFEST).read_text())["members"]
+    b = json.loads((again / MANIFEST).read_text())["members"]
+    assert {k: v["sha256"] for k, v in a.items()} == {k: v["sha256"] for k, v in b.items()}
+
+
+def test_neural_build_needs_a_model_with_an_encoder(models, tmp_path):
+    from host_tools.packbuild import PackSettings, build_pack
+    with pytest.raises(ValueError, match="needs a model"):
+        build_pack(tmp_path / "x", PackSettings(mode="neural"), progress=False)
+    with pytest.raises(ValueError, match="'decode'"):
+        build_pack(tmp_path / "x", PackSettings(mode="neural",
+                                                model=str(models / "encode_only.tflite")),
+                   progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_device_rebuilds_a_neural_grid_for_other_corners_while_playing(built):
+    from device.engine import Engine
+    _, path, _ = built
+    pack = load_pack(path)
+    engine = Engine(grid_from_pack(pack))
+    engine.note_on(60, 100)
+    engine.render_block()
+    before = engine.grid
+    changes = []
+    sel = CornerSelector(engine, pack, on_change=lambda c, s: changes.append((c, s)))
+    sel.select({"NW": 4})
+    assert sel.wait(10) and sel.last_error is None
+    assert engine.grid is not before and changes[-1][0]["NW"] == 4
+    assert 0 < sel.last_seconds < 5
+    diff = np.abs(engine.grid.frames_db - before.frames_db)
+    assert diff[0, 0].max() > 1.0  # the NW corner changed ...
+    assert np.array_equal(engine.grid.frames_db[-1, -1], before.frames_db[-1, -1])  # SE not
+    out = np.concatenate([engine.render_block()[:, 0] for _ in range(50)])
+    assert np.isfinite(out).all() and np.abs(out).max() > 1e-4
+    sel.select({"SE": 42})
+    assert sel.wait(10) and "no such instrument" in sel.last_error
+
+
+def test_neural_pack_survives_a_signed_archive(neural, tmp_path):
+    """A neural pack (with its .tflite decoder) archives, verifies and extracts byte for byte."""
+    from tests.device.test_archive import archive_of, extract, new_key, trusted
+    key = new_key()
+    arc = archive_of(neural, key, tmp_path / "n.mbpack")
+    out = tmp_path / "out"
+    extract(arc, out, trusted(key))
+    pack = load_pack(out)
+    assert pack.is_neural
+    assert (out / "decoder.tflite").read_bytes() == (neural / "decoder.tflite").read_bytes()
