@@ -1,4 +1,4 @@
-"""``morphbox dataset build`` and ``morphbox model train|export``: argparse wiring.
+"""``morphbox dataset build`` and ``morphbox model train|export|eval``: argparse wiring.
 
 :func:`add_parsers` adds the ``dataset`` and ``model`` commands to the ``morphbox`` sub-parser
 set; each command function returns a process exit code (0 ok, 1 failure, 2 bad settings) and
@@ -83,8 +83,26 @@ def cmd_model_export(args) -> int:
     return 0
 
 
+def cmd_model_eval(args) -> int:
+    from host_tools.model.dataset import DatasetError
+    from host_tools.model.evaluate import EvalError, evaluate
+    from host_tools.model.train import TrainError
+    from host_tools.sources import SourceError
+    try:
+        res = evaluate(args.models, args.dataset, args.out, max_notes=args.notes,
+                       morph=tuple(args.morph) if args.morph else None, seed=args.seed,
+                       pitch=not args.no_pitch)
+    except (EvalError, DatasetError, TrainError, SourceError) as exc:
+        return _fail(exc)
+    for label, r in res["models"].items():
+        lsd = res["methods"][label]["lsd"]["mean"]
+        print(f"{label}: mean LSD {lsd:.2f} dB ({r['lsd_ratio_mean']:.2f}x the bound)")
+    print(f"wrote {args.out} ({res['notes']} held-out notes, {res['seconds']:.0f} s)")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add ``dataset build`` and ``model train`` / ``model export`` to ``sub``."""
+    """Add ``dataset build`` and ``model train`` / ``export`` / ``eval`` to ``sub``."""
     ds = sub.add_parser("dataset", help="build the NSynth-style training dataset")
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION")
     sp = dsub.add_parser("build", help="render + analyse notes into a feature dataset",
@@ -122,3 +140,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--dataset", help="calibration data (default: the run's dataset)")
     sp.add_argument("--calibration", type=int, default=200, help="calibration samples")
     sp.set_defaults(func=cmd_model_export)
+    sp = msub.add_parser("eval", help="evaluate models on held-out instruments; write the report",
+                         description="Reconstruct the test-split instruments' notes with each "
+                         "model (run directory or .tflite with encode+decode) and compare with "
+                         "the analysis-resynthesis bound and the spectral mode; writes a "
+                         "Markdown report with PNGs.")
+    sp.add_argument("models", nargs="+", help="run directories and/or .tflite files")
+    sp.add_argument("--dataset", default="out/dataset")
+    sp.add_argument("--out", default="docs/model-report.md", help="report (.md); PNGs go to "
+                    "the folder of the same name")
+    sp.add_argument("--notes", type=int, help="evaluate a seeded subset of the test notes")
+    sp.add_argument("--morph", nargs=2, metavar="INSTRUMENT",
+                    help="the two test instruments of the morph figure")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-pitch", action="store_true", help="skip the pyin pitch errors")
+    sp.set_defaults(func=cmd_model_eval)

@@ -341,3 +341,28 @@ def test_commands_build_train_export(tmp_path, dataset, capsys):
                "--calibration", 4, "--signatures", "decode") == 0
     assert (tmp_path / "m.tflite").stat().st_size > 0
     assert run("model", "export", tmp_path / "nothing", "--out", tmp_path / "x.tflite") == 1
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def test_evaluate_writes_report_with_bound_baseline_and_int8(exported, dataset, tmp_path):
+    from host_tools.model.evaluate import EvalError, evaluate, log_spectral_distance
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    assert log_spectral_distance(x, x) == 0.0
+    assert log_spectral_distance(x, 0.5 * x) == pytest.approx(6.02, abs=0.05)
+    md = tmp_path / "report.md"
+    res = evaluate([exported["float32"], exported["int8"]], dataset, md, max_notes=2,
+                   pitch=False, progress=False)
+    assert res["notes"] == 2
+    text = md.read_text()
+    assert "## Headline" in text and "analysis-resynthesis bound" in text
+    for key in ("bound", "spectral", "model_f32.tflite", "model_int8.tflite"):
+        assert np.isfinite(res["methods"][key]["lsd"]["mean"]), key
+    assert res["methods"]["bound"]["lsd"]["mean"] < 25.0
+    assert res["models"]["model_int8.tflite"]["kind"] == "int8"
+    assert "int8_vs_float32" in res
+    assert (tmp_path / "report" / "lsd.png").stat().st_size > 0
+    assert (tmp_path / "report" / "reconstruction.png").stat().st_size > 0
+    with pytest.raises(EvalError, match="neither"):
+        evaluate([tmp_path / "missing.tflite"], dataset, md, progress=False)
