@@ -76,7 +76,8 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
             ax.set_yticks([])
     for name, (iy, ix) in {"NW": (0, 0), "NE": (0, size - 1), "SW": (size - 1, 0),
                            "SE": (size - 1, size - 1)}.items():
-        axes[iy, ix].set_title(f"{name}: {names[corners[name]]}", fontsize=8)
+        axes[iy, ix].set_title(f"{name}: {names[corners[name]]}", fontsize=8,
+                               loc="left" if ix == 0 else "right")
     fig.suptitle(f"Morph grid of '{pack.name}' ({pack.manifest['mode']} mode): first 32 "
                  f"partials, MIDI {int(grid.anchors[a])}, t = {frame_s:g} s, dB", fontsize=11)
     fig.tight_layout()
