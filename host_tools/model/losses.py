@@ -30,3 +30,22 @@ def spectral_loss(target: tf.Tensor, prediction: tf.Tensor, fft_sizes=FFT_SIZES,
         total += tf.reduce_mean(tf.abs(s - p))
         total += log_weight * tf.reduce_mean(tf.abs(tf.math.log(s + eps) - tf.math.log(p + eps)))
     return total / len(fft_sizes)
+
+
+def loudness_loss(target: tf.Tensor, prediction: tf.Tensor, frame: int,
+                  floor_db: float = -80.0) -> tf.Tensor:
+    """Mean absolute difference (dB) of the frame energies of audio batches ``(B, S)``.
+
+    Frames of ``frame`` samples (the tail that does not fill a frame is ignored); the mean
+    square of each frame in dB, floored at ``floor_db`` so silence does not dominate.
+    """
+    if target.shape != prediction.shape:
+        raise ValueError(f"target {target.shape} and prediction {prediction.shape} differ")
+
+    def energy_db(x):
+        n = (x.shape[-1] // frame) * frame
+        x = tf.reshape(x[..., :n], (-1, n // frame, frame))
+        db = 10.0 * tf.math.log(tf.reduce_mean(tf.square(x), axis=-1) + 1e-12) / 2.302585093
+        return tf.maximum(db, floor_db)
+
+    return tf.reduce_mean(tf.abs(energy_db(target) - energy_db(prediction)))

@@ -6,7 +6,15 @@ their features to z, decodes (z, f0, loudness) to synthesis controls, renders th
 *true* features rendered with the same white noise (so the noise part is compared like for
 like), by the multi-resolution spectral loss (:mod:`host_tools.model.losses`), plus
 ``feature_weight`` x the mean absolute error of the partial and noise levels in dB / 120
-(this term speeds up the start of training).
+(this term speeds up the start of training), plus ``loudness_weight`` x the mean absolute
+difference of the frame energies in dB (:func:`host_tools.model.losses.loudness_loss`; it
+keeps weak partials and decays from coming out too loud).
+
+The learning rate follows ``lr_schedule``: ``"constant"``, ``"cosine"`` (cosine decay from
+``learning_rate`` to ``lr_final`` x ``learning_rate`` at ``steps``) or ``"exponential"``
+(geometric decay to the same end value); it is a function of the optimizer's step counter,
+which the checkpoints hold, so a resumed run continues on the same curve (as long as
+``steps`` is unchanged).
 
 The dataset holds features, not audio (see :mod:`host_tools.model.dataset`); the target is
 therefore the analysis-resynthesis, which is also the bound the evaluation compares against.
@@ -17,13 +25,19 @@ Reproducible and resumable: the batch and noise of step ``n`` are drawn from
 CheckpointManager`` of encoder, decoder, optimizer and step, every ``checkpoint_every``
 steps and at the end) is restored when present, so an interrupted run continues where it
 stopped. ``run_dir`` also receives ``config.json``, ``history.json`` and the final
-``encoder.weights.h5`` / ``decoder.weights.h5``.
+``encoder.weights.h5`` / ``decoder.weights.h5``. With ``keep_best`` (and a validation split)
+the weights of the checkpoint with the lowest validation loss are kept in
+``best_encoder.weights.h5`` / ``best_decoder.weights.h5`` (their step and loss in
+``best.json``) and become the final ``encoder.weights.h5`` / ``decoder.weights.h5`` (what
+:func:`load_models` and the export use); the last step's weights are then kept in
+``last_encoder.weights.h5`` / ``last_decoder.weights.h5``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -38,6 +52,9 @@ from kernels.synth import hop_size
 HOP = hop_size()
 
 
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
 class TrainError(Exception):
     """Bad training configuration or run directory."""
 
@@ -50,6 +67,10 @@ class TrainConfig:
     ``run_dir``: where checkpoints, history and weights go. ``steps``: total optimiser steps
     (a resumed run continues up to this). ``crop_frames``: frames per training example.
     ``fft_sizes``: of the spectral loss (each <= crop_frames * 320 samples).
+    ``lr_schedule``: ``"constant"``, ``"cosine"`` or ``"exponential"`` (decay to ``lr_final``
+    x ``learning_rate`` at ``steps``). ``keep_best``: the final weights are those of the
+    checkpoint with the lowest validation loss. ``loudness_weight``: weight of the frame
+    energy (dB) term of the loss.
     """
 
     dataset: str = "out/dataset"
@@ -64,6 +85,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     valid_batches: int = 4
+    lr_schedule: str = "constant"
+    lr_final: float = 0.1
+    keep_best: bool = False
+    loudness_weight: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
@@ -85,7 +110,11 @@ class TrainConfig:
                 raise TrainError(f"bad [model] settings: {exc}") from exc
         if "fft_sizes" in d:
             d["fft_sizes"] = tuple(d["fft_sizes"])
-        return cls(**d)
+        config = cls(**d)
+        if config.lr_schedule not in LR_SCHEDULES:
+            raise TrainError(f"lr_schedule {config.lr_schedule!r} is not one of "
+                             f"{', '.join(LR_SCHEDULES)}")
+        return config
 
 
 def load_config(path: str | os.PathLike, **overrides) -> TrainConfig:
@@ -137,7 +166,7 @@ def make_loss_fn(encoder, decoder, config: TrainConfig):
     import tensorflow as tf
 
     from host_tools.model import ddsp_tf
-    from host_tools.model.losses import spectral_loss
+    from host_tools.model.losses import loudness_loss, spectral_loss
     from host_tools.model.network import controls_from_db
 
     def loss(b):
@@ -155,9 +184,26 @@ def make_loss_fn(encoder, decoder, config: TrainConfig):
         feat = (tf.reduce_mean(tf.abs(part_db - b["harmonic_db"]))
                 + tf.reduce_mean(tf.abs(tf.maximum(out["noise_db"], -120.0) - b["noise_db"])))
         feat = feat / 120.0
-        return spec + config.feature_weight * feat, spec, feat
+        total = spec + config.feature_weight * feat
+        if config.loudness_weight:
+            total += config.loudness_weight * loudness_loss(target, pred, HOP)
+        return total, spec, feat
 
     return loss
+
+
+def learning_rate(config: TrainConfig):
+    """The learning rate of ``config``: a float or a keras ``LearningRateSchedule``."""
+    import keras
+    lr, end = config.learning_rate, config.lr_final
+    if config.lr_schedule == "constant":
+        return lr
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, max(config.steps, 1), alpha=end)
+    if config.lr_schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(lr, max(config.steps, 1), end)
+    raise TrainError(f"lr_schedule {config.lr_schedule!r} is not one of "
+                     f"{', '.join(LR_SCHEDULES)}")
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:
@@ -201,7 +247,7 @@ def train(config: TrainConfig, progress: bool = True) -> list[dict]:
     keras.utils.set_random_seed(config.seed)
     encoder, decoder = build_encoder(config.model), build_decoder(config.model)
     variables = encoder.trainable_variables + decoder.trainable_variables
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer = keras.optimizers.Adam(learning_rate(config))
     optimizer.build(variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     ckpt = tf.train.Checkpoint(encoder=encoder, decoder=decoder, optimizer=optimizer,
@@ -211,6 +257,10 @@ def train(config: TrainConfig, progress: bool = True) -> list[dict]:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(step_var.numpy())
     history = _read_history(run / "history.json", start)
+    best_path = run / "best.json"
+    best = json.loads(best_path.read_text()) if best_path.exists() else None
+    if best is not None and best["step"] > start:
+        best = None
     loss_fn = make_loss_fn(encoder, decoder, config)
 
     @tf.function(reduce_retracing=True)
@@ -248,12 +298,24 @@ def train(config: TrainConfig, progress: bool = True) -> list[dict]:
                 bar.update(task, description=f"training  loss {entry['loss']:.4f}")
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if valid is not None:
-                    history.append({"step": done, "valid_loss": valid_loss()})
+                    vl = valid_loss()
+                    history.append({"step": done, "valid_loss": vl})
+                    if config.keep_best and (best is None or vl < best["valid_loss"]):
+                        encoder.save_weights(run / "best_encoder.weights.h5")
+                        decoder.save_weights(run / "best_decoder.weights.h5")
+                        best = {"step": done, "valid_loss": vl}
+                        best_path.write_text(json.dumps(best))
                 manager.save(checkpoint_number=done)
                 (run / "history.json").write_text(json.dumps(history, indent=1))
             bar.advance(task)
-    encoder.save_weights(run / "encoder.weights.h5")
-    decoder.save_weights(run / "decoder.weights.h5")
+    if config.keep_best and best is not None:
+        encoder.save_weights(run / "last_encoder.weights.h5")
+        decoder.save_weights(run / "last_decoder.weights.h5")
+        for name in ("encoder", "decoder"):
+            shutil.copyfile(run / f"best_{name}.weights.h5", run / f"{name}.weights.h5")
+    else:
+        encoder.save_weights(run / "encoder.weights.h5")
+        decoder.save_weights(run / "decoder.weights.h5")
     (run / "history.json").write_text(json.dumps(history, indent=1))
     return history
 

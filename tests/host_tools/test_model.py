@@ -366,3 +366,44 @@ def test_evaluate_writes_report_with_bound_baseline_and_int8(exported, dataset, 
     assert (tmp_path / "report" / "reconstruction.png").stat().st_size > 0
     with pytest.raises(EvalError, match="neither"):
         evaluate([tmp_path / "missing.tflite"], dataset, md, progress=False)
+
+
+# ------------------------------------------------------------------------------ v2 training
+
+
+def test_loudness_loss_measures_the_level_difference_in_db():
+    from host_tools.model.losses import loudness_loss
+    x = tf.constant(np.random.default_rng(3).standard_normal((2, 3200)).astype(np.float32))
+    assert float(loudness_loss(x, x, 320)) == 0.0
+    np.testing.assert_allclose(float(loudness_loss(x, 2.0 * x, 320)), 20 * np.log10(2),
+                               rtol=1e-4)
+    with pytest.raises(ValueError):
+        loudness_loss(x, x[:, :1600], 320)
+
+
+def test_learning_rate_schedules_decay_to_lr_final():
+    from host_tools.model.train import learning_rate
+    for name in ("cosine", "exponential"):
+        cfg = TrainConfig(steps=100, learning_rate=1e-3, lr_schedule=name, lr_final=0.1)
+        sched = learning_rate(cfg)
+        assert float(sched(0)) == pytest.approx(1e-3)
+        assert float(sched(100)) == pytest.approx(1e-4, rel=1e-3)
+        assert float(sched(50)) < 1e-3
+    assert learning_rate(TrainConfig()) == TrainConfig().learning_rate
+    with pytest.raises(TrainError, match="lr_schedule"):
+        TrainConfig.from_dict({"lr_schedule": "step"})
+
+
+def test_training_keeps_the_best_validation_weights(dataset, tmp_path):
+    config = _tiny_config(dataset, tmp_path, lr_schedule="cosine", keep_best=True,
+                          loudness_weight=0.02)
+    history = train(config, progress=False)
+    valid = [h for h in history if "valid_loss" in h]
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["valid_loss"] == min(h["valid_loss"] for h in valid)
+    assert best["step"] in [h["step"] for h in valid]
+    for name in ("encoder", "decoder"):
+        assert (tmp_path / f"{name}.weights.h5").read_bytes() == \
+            (tmp_path / f"best_{name}.weights.h5").read_bytes()
+        assert (tmp_path / f"last_{name}.weights.h5").exists()
+    load_models(tmp_path)  # loads the best weights
