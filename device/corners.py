@@ -113,7 +113,8 @@ class CornerSelector:
         self.on_change = on_change
         self.last_error: str | None = None
         self.last_seconds = 0.0
-        self._wanted: dict | None = None
+        self._wanted: dict | None = None  # the next combination to build, if any
+        self._target = dict(self.corners)  # the newest combination asked for (maybe building)
         self._generation = 0  # bumped by set_pack: a rebuild from the old pack is dropped
         self._cv = threading.Condition()
         self._idle = threading.Event()
@@ -123,7 +124,8 @@ class CornerSelector:
     def select(self, corners: dict[str, int]) -> None:
         """Ask for a new combination (any subset of corners may be given)."""
         with self._cv:
-            self._wanted = {**(self._wanted or self.corners), **corners}
+            self._target = {**self._target, **corners}
+            self._wanted = dict(self._target)
             self._idle.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="corner-rebuild",
@@ -140,14 +142,15 @@ class CornerSelector:
             self._wanted = None
             self.pack = pack
             self.corners = dict(pack.corners)
+            self._target = dict(pack.corners)
             if grid is not None:
                 self.engine.set_grid(grid)
 
     def step(self, corner: str, delta: int) -> None:
         """Move ``corner`` ``delta`` instruments on, wrapping (an encoder turn)."""
-        n = len(self.pack.instrument_names)
-        base = (self._wanted or self.corners)[corner]
-        self.select({corner: (base + delta) % n})
+        with self._cv:  # relative to the newest request, even one still being built
+            n = len(self.pack.instrument_names)
+            self.select({corner: (self._target[corner] + delta) % n})
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no rebuild is pending (tests, CLI); True if idle."""
@@ -168,6 +171,9 @@ class CornerSelector:
                 grid = build_grid(pack, wanted)
             except (PackError, ValueError, ModelError) as exc:
                 self.last_error = str(exc)
+                with self._cv:
+                    if self._wanted is None:  # nothing newer: steps start from what plays
+                        self._target = dict(self.corners)
                 continue
             with self._cv:
                 if generation != self._generation:

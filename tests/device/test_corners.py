@@ -64,3 +64,17 @@ def test_set_pack_drops_a_rebuild_from_the_old_pack(pack):
     assert sel.wait(10)
     assert engine.grid is new_grid  # the stale rebuild never overtook it
     assert sel.corners == pack.corners
+
+
+def test_steps_during_a_rebuild_build_on_the_newest_request(pack):
+    """Two encoders turned at once: the second turn must not undo the first, even when the
+    first rebuild is already running."""
+    engine = Engine(grid_from_pack(pack))
+    sel = CornerSelector(engine, pack)
+    se = pack.corners["SE"]
+    for _ in range(5):
+        sel.step("NW", -1)
+        sel.step("SE", 1)
+    assert sel.wait(10)
+    assert sel.corners["NW"] == (pack.corners["NW"] - 5) % 16
+    assert sel.corners["SE"] == (se + 5) % 16
