@@ -168,3 +168,26 @@ def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JackServer
                 os.environ["JACK_DEFAULT_SERVER"] = saved
     finally:
         _stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def tf_subprocess(tmp_path_factory, skip_or_fail):
+    """Run a TensorFlow script in a subprocess, writing into a fresh folder.
+
+    TensorFlow must not load in the test process before the TFLite runtime does (REFERENCE.md),
+    so test models are built out of process. Returns ``make(script, name) -> folder``; the
+    script gets the folder as ``sys.argv[1]``.
+    """
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        skip_or_fail("tensorflow (host extra) is needed to make the test models")
+    root = Path(__file__).resolve().parents[1]
+
+    def make(script: str, name: str) -> Path:
+        out = tmp_path_factory.mktemp(name)
+        res = subprocess.run([sys.executable, "-c", script, str(out)], cwd=root,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return out
+
+    return make

@@ -50,17 +50,8 @@ _MAKE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory, skip_or_fail) -> Path:
-    try:
-        import tensorflow  # noqa: F401  (only to know whether the host extra is installed)
-    except ImportError:
-        skip_or_fail("tensorflow (host extra) is needed to make the test models")
-    out = tmp_path_factory.mktemp("neural")
-    root = Path(__file__).resolve().parents[2]
-    res = subprocess.run([sys.executable, "-c", _MAKE, str(out)], cwd=root,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def models(tf_subprocess) -> Path:
+    return tf_subprocess(_MAKE, "neural")
 
 
 def test_device_module_does_not_import_tensorflow():

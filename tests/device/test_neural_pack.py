@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -63,17 +61,8 @@ D = {"instruments": 4, "anchors": 2, "frames": 6, "harmonics": 64, "noise_bands"
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory, skip_or_fail) -> Path:
-    try:
-        import tensorflow  # noqa: F401  (only to know whether the host extra is installed)
-    except ImportError:
-        skip_or_fail("tensorflow (host extra) is needed to make the test models")
-    out = tmp_path_factory.mktemp("neural_pack_models")
-    root = Path(__file__).resolve().parents[2]
-    res = subprocess.run([sys.executable, "-c", _MAKE, str(out)], cwd=root,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def models(tf_subprocess) -> Path:
+    return tf_subprocess(_MAKE, "neural_pack_models")
 
 
 def parts(model: bytes | None, seed: int = 0) -> tuple[dict, dict]:
