@@ -7,7 +7,17 @@ and picks up the new one at its next block (:meth:`device.engine.Engine.set_grid
 reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`kernels.grid.
 spectral_grid`); a neural pack mixes the corners' embeddings z bilinearly and decodes every
 grid point at every pitch anchor with the pack's TFLite decoder in one batched call
-(:func:`neural_grid_db`, shared with the host pack build so both make the same grid).
+(:func:`neural_grid_codes`, shared with the host pack build so both make the same grid).
+
+Corner anchoring (a neural pack's ``neural_grid.anchor_corners``, on by default): the decoder
+reconstructs each instrument only approximately (3.6 dB mean partial distance for the default
+pack's 16 instruments with the default model), so a corner would not quite sound like the
+instrument it names. Each corner's reconstruction error ``r_c = analysed_c - decoded_c`` (dB,
+per anchor, frame and partial/band) is added back with the grid point's bilinear weights:
+``grid(x, y) = decode(sum_c w_c z_c) + sum_c w_c r_c``. Corners are then the analysed
+instruments exactly (as in spectral mode) and every point in between keeps what the latent
+morph adds over a plain dB mix: ``grid - spectral_grid = decode(sum w z) - sum w decode(z)``.
+This is the residual trick of hybrid coders (a model's prediction plus a stored correction).
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from kernels.quant import DB_MIN, DB_STEP, dequantize_db
 
 
 def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
-                      size: int) -> tuple[np.ndarray, np.ndarray]:
+                      size: int, corner_db: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Decode a ``size x size`` morph grid from four corners' embeddings.
 
     ``z``: ``(4, A, F, Z)`` float32 in ``CORNERS`` order; ``loudness_db``: ``(4, A, F)``.
@@ -35,6 +46,10 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
     (:class:`device.neural.NeuralDecoder`) in one batched call. Returns the pack's dB codes
     ``(grid_harmonics (G, G, A, F, K), grid_noise (G, G, A, F, B))`` uint8: partial amplitude
     = amplitude x harmonic distribution, noise = band gains.
+
+    ``corner_db``: the corners' analysed ``(harmonics_db (4, A, F, K), noise_db (4, A, F, B))``
+    float dB; if given, the corners are anchored to them (module docstring): the
+    reconstruction error at each corner is added back with the bilinear weights.
     """
     z = np.asarray(z, np.float32)
     loudness_db = np.asarray(loudness_db, np.float32)
@@ -56,8 +71,25 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
     total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
     level = out["amplitude_db"] - np.float32(20.0) * np.log10(total)
     shape = (size, size, n_anchors, frames)
-    harm = _codes(h + level[..., None]).reshape(shape + (-1,))
-    return harm, _codes(out["noise_db"]).reshape(shape + (-1,))
+    harm = (h + level[..., None]).reshape(shape + (-1,))
+    noise = out["noise_db"].reshape(shape + (-1,))
+    if corner_db is not None:
+        harm, noise = (_anchor(g, np.asarray(c, np.float32), w)
+                       for g, c in zip((harm, noise), corner_db))
+    return _codes(harm), _codes(noise)
+
+
+def _anchor(grid_db: np.ndarray, corner_db: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``grid_db`` ``(G, G, A, F, C)`` plus each corner's error (``corner_db`` ``(4, A, F, C)``
+    minus the grid's own corner point) mixed with the points' weights ``w`` ``(G*G, 4)``."""
+    if corner_db.shape != (4,) + grid_db.shape[2:]:
+        raise ValueError(f"corner dB {corner_db.shape} do not match the grid "
+                         f"{(4,) + grid_db.shape[2:]}")
+    last = grid_db.shape[0] - 1
+    decoded = grid_db[[0, 0, last, last], [0, last, 0, last]]  # NW, NE, SW, SE = CORNERS
+    error = (corner_db - decoded).reshape(4, -1)
+    grid_db += (w @ error).reshape(grid_db.shape)
+    return grid_db
 
 
 def _codes(db: np.ndarray) -> np.ndarray:
@@ -83,9 +115,12 @@ def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
     if m.get("mode") == "neural":
         if pack.decoder is None:
             raise PackError(f"{pack.path}: neural pack loaded without its decoder")
+        anchored = bool(m.get("neural_grid", {}).get("anchor_corners", False))
+        corner_db = (dequantize_db(pack.arrays["instruments_harmonics"][idx]),
+                     dequantize_db(pack.arrays["instruments_noise"][idx])) if anchored else None
         codes = neural_grid_codes(pack.decoder, pack.z_corners(idx),
                                   pack.arrays["instruments_loudness"][idx],
-                                  m["pitch_anchors"], size)
+                                  m["pitch_anchors"], size, corner_db)
         harm, noise = (dequantize_db(c) for c in codes)
     else:
         harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)

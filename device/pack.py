@@ -146,6 +146,10 @@ def _check_manifest(manifest: dict, where: Path) -> None:
                         "decoder); version 1 cannot describe one")
     if mode == "neural":
         _check_model(manifest.get("model"), where)
+        grid = manifest.get("neural_grid", {})
+        if not (isinstance(grid, dict) and isinstance(grid.get("anchor_corners", False), bool)):
+            raise PackError(f"{where}: neural_grid must be an object whose anchor_corners is "
+                            f"true or false, got {grid!r}")
     dims = _dims(manifest)
     for key, value in dims.items():
         if value <= 0:
@@ -398,6 +402,8 @@ def grid_from_pack(pack: Pack) -> Grid:
 
 
 DEFAULT_PACK = Path(__file__).resolve().parent / "packs" / "default"
+# the default timbre model (int8; encode + decode signatures) the default pack is built with
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_int8.tflite"
 
 
 def load_default_grid() -> Grid:

@@ -134,7 +134,8 @@ def cmd_pack_build(args) -> int:
     from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
     from host_tools.sources import GM_PROGRAM_NAMES
     kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity,
-          "mode": args.mode, "model": args.model, "seed": args.seed}
+          "mode": args.mode, "model": args.model, "seed": args.seed,
+          "anchor_corners": not args.no_anchor_corners}
     if args.mode == "neural" and not args.model:
         print("error: --mode neural needs --model (a .tflite with encode and decode "
               "signatures, or a training run directory)", file=sys.stderr)
@@ -170,6 +171,11 @@ def cmd_pack_info(args) -> int:
           f"grid {m['grid_size']}x{m['grid_size']}, anchors {m['pitch_anchors'][0]}.."
           f"{m['pitch_anchors'][-1]} ({len(m['pitch_anchors'])}), {m['frames']} frames at "
           f"{m['frame_rate']:g} Hz, loop {m['loop']['start']}..{m['loop']['end']}")
+    if pack.is_neural:
+        anchored = m.get("neural_grid", {}).get("anchor_corners", False)
+        print(f"model {m['model']['version']} ({m['model']['quantization']}, z "
+              f"{m['model']['z_dims']}), corners "
+              f"{'anchored to the instruments' if anchored else 'as decoded'}")
     inv = {v: k for k, v in pack.corners.items()}
     for i, name in enumerate(pack.instrument_names):
         print(f"  {i:2d} {name}" + (f"   <- corner {inv[i]}" if i in inv else ""))
@@ -218,7 +224,7 @@ def cmd_pack_flash(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from device.pack import DEFAULT_PACK
+    from device.pack import DEFAULT_MODEL, DEFAULT_PACK
     p = argparse.ArgumentParser(
         prog="morphbox", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="morphbox: a neural synthesizer that morphs between four instruments as "
@@ -324,12 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid-size", type=int, default=9)
     sp.add_argument("--velocity", type=int, default=100)
     sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
-    sp.add_argument("--mode", choices=("spectral", "neural"), default="spectral",
-                    help="spectral: corners' frames mixed in dB; neural: embeddings mixed and "
-                    "decoded by the model (the pack carries the decoder)")
-    sp.add_argument("--model", metavar="PATH", help="neural mode: a .tflite with encode and "
-                    "decode signatures (e.g. device/models/default_int8.tflite) or a "
-                    "training run directory (exported to int8)")
+    sp.add_argument("--mode", choices=("spectral", "neural"), default="neural",
+                    help="neural (default): embeddings mixed and decoded by the model (the "
+                    "pack carries the decoder); spectral: corners' frames mixed in dB")
+    sp.add_argument("--model", metavar="PATH", default=str(DEFAULT_MODEL),
+                    help="neural mode: a .tflite with encode and decode signatures (default "
+                    "%(default)s) or a training run directory (exported to int8)")
+    sp.add_argument("--no-anchor-corners", action="store_true",
+                    help="neural mode: leave the corners as the decoder reconstructs them "
+                    "(default: corners are the analysed instruments, see device/corners.py)")
     sp.add_argument("--seed", type=int, default=0,
                     help="neural mode: int8 calibration seed when --model is a run directory")
     sp.set_defaults(func=cmd_pack_build)

@@ -89,6 +89,7 @@ class PackSettings:
     mode: str = "spectral"
     model: str | None = None  # neural mode: a .tflite (encode + decode signatures) or a run dir
     seed: int = 0  # neural mode: int8 calibration crops when exporting a run directory
+    anchor_corners: bool = True  # neural mode: corners = the analysed instruments exactly
 
     @property
     def loop_frames(self) -> tuple[int, int]:
@@ -244,7 +245,9 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
         "db_quantisation": {"min_db": -120.0, "step_db": 0.5},
         "instruments": [dict(s.describe(), notes=r.notes) for s, r in zip(specs, results)],
         "corners": dict(settings.corners),
-        **({"model": model.record} if model is not None else {}),
+        **({"model": model.record,
+            "neural_grid": {"anchor_corners": settings.anchor_corners}}
+           if model is not None else {}),
         "provenance": {
             "tool": "morphbox", "tool_version": __version__,
             "settings": {k: v for k, v in asdict(settings).items() if k != "instruments"},
@@ -362,7 +365,9 @@ def neural_members(model: NeuralModel, harm, noise, loudness, pitches,
                    settings: PackSettings, threads: int | None = None):
     """``(grid_harmonics, grid_noise, {instruments_z, instruments_z_scale, decoder})`` of a
     neural pack: encode, quantise z, decode the grid of ``settings.corners`` with the very
-    decoder the pack carries (the device's rebuild for these corners gives the same grid)."""
+    decoder the pack carries (the device's rebuild for these corners gives the same grid),
+    corners anchored to the analysed instruments if ``settings.anchor_corners``
+    (:mod:`device.corners`)."""
     from device.corners import neural_grid_codes
     from device.neural import NeuralDecoder
     threads = threads or os.cpu_count() or 1
@@ -374,8 +379,10 @@ def neural_members(model: NeuralModel, harm, noise, loudness, pitches,
         file.write_bytes(model.tflite)
         dec = NeuralDecoder(file, z_dims=model.record["z_dims"], harmonics=settings.harmonics,
                             noise_bands=settings.noise_bands, num_threads=threads)
+        corner_db = (dequantize_db(harm[idx]), dequantize_db(noise[idx])) \
+            if settings.anchor_corners else None
         grid_h, grid_n = neural_grid_codes(dec, z[idx], loudness[idx], settings.anchors,
-                                           settings.grid_size)
+                                           settings.grid_size, corner_db)
     return grid_h, grid_n, {"instruments_z": codes, "instruments_z_scale": scale,
                             "decoder": model.tflite}
 

@@ -144,11 +144,12 @@ def test_spectral_packs_are_still_written_and_read_as_version_1(tmp_path):
     pack = load_pack(write_pack(tmp_path / "spec", manifest, arrays))
     assert pack.manifest["format_version"] == 1 and pack.decoder is None and not pack.blobs
     assert not pack.is_neural
-    # the shipped (v1) pack loads and rebuilds as before
-    shipped = load_pack("device/packs/default")
-    assert shipped.manifest["format_version"] == 1
-    assert build_grid(shipped, shipped.corners).frames_db.shape == \
-        grid_from_pack(shipped).frames_db.shape
+    # a spectral grid is rebuilt by mixing dB frames: its corners are the instruments
+    grid = build_grid(pack, {"NW": 3, "NE": 2, "SW": 1, "SE": 0})
+    from kernels.quant import dequantize_db
+    harm = dequantize_db(arrays["instruments_harmonics"])
+    assert np.array_equal(grid.harmonics_db[0, 0], harm[3])
+    assert np.array_equal(grid.harmonics_db[-1, -1], harm[0])
 
 
 @pytest.mark.parametrize("member", ["instruments_z.npy", "instruments_z_scale.npy",
@@ -216,6 +217,12 @@ def test_version_and_mode_must_agree(neural):
     assert "format version 2 is for neural packs" in _refusal(neural)
 
 
+@pytest.mark.parametrize("value", [True, {"anchor_corners": "yes"}, []])
+def test_neural_grid_record_must_be_well_formed(neural, value):
+    _edit(neural, lambda m: m.update(neural_grid=value))
+    assert "anchor_corners is true or false" in _refusal(neural)
+
+
 def test_tflite_member_in_a_spectral_pack_is_refused(tmp_path):
     manifest, arrays = parts(None)
     with pytest.raises(PackError, match="only a neural pack carries a model"):
@@ -259,6 +266,41 @@ def test_neural_build_writes_a_neural_pack(built, models):
     assert np.isfinite(grid.frames_db).all() and grid.harmonics_db.max() > -100
     # the device's rebuild for the pack's own corners is the stored grid, code for code
     assert np.array_equal(build_grid(pack, pack.corners).frames_db, grid.frames_db)
+
+
+def test_anchored_corners_are_the_instruments_and_the_inside_keeps_the_latent_morph(built):
+    """Corner anchoring (device/corners.py): grid = decode(mixed z) + the corners' decoding
+    errors mixed with the same bilinear weights, so each corner is its analysed instrument
+    code for code, and the grid minus a plain dB mix is what the decoder adds."""
+    from device.corners import neural_grid_codes
+    from kernels.grid import corner_weights
+    from kernels.quant import dequantize_db
+    _, path, _ = built
+    pack = load_pack(path)
+    assert pack.manifest["neural_grid"] == {"anchor_corners": True}
+    idx = [pack.corners[c] for c in ("NW", "NE", "SW", "SE")]
+    grid_h = pack.arrays["grid_harmonics"]
+    inst_h = pack.arrays["instruments_harmonics"][idx]
+    for k, (y, x) in enumerate([(0, 0), (0, -1), (-1, 0), (-1, -1)]):
+        assert np.array_equal(grid_h[y, x], inst_h[k])
+        assert np.array_equal(pack.arrays["grid_noise"][y, x],
+                              pack.arrays["instruments_noise"][idx[k]])
+    # the same decoder without anchoring: corners are its reconstructions, not the instruments
+    plain_h, _ = neural_grid_codes(pack.decoder, pack.z_corners(idx),
+                                   pack.arrays["instruments_loudness"][idx],
+                                   pack.manifest["pitch_anchors"], 3)
+    plain = dequantize_db(plain_h)
+    error = dequantize_db(inst_h) - plain[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.abs(error).max() > 3.0  # (an untrained decoder: far from the instruments)
+    w = corner_weights(np.array([0.0, 0.5, 1.0])[None, :], np.array([0.0, 0.5, 1.0])[:, None])
+    want = plain + np.einsum("yxc,c...->yx...", w, error)
+    got = dequantize_db(grid_h)
+    # (codes clip at the -120 dB floor: compare where nothing involved was clipped)
+    corners = plain[[0, 0, -1, -1], [0, -1, 0, -1]]
+    inside = (plain > -119.5) & (want > -119.5) & (corners > -119.5).all(axis=0) \
+        & (dequantize_db(inst_h) > -119.5).all(axis=0)
+    assert inside.mean() > 0.5
+    assert np.abs(got - want)[inside].max() <= 0.75  # three half-code roundings
 
 
 def test_neural_build_is_deterministic_for_a_seed(built):

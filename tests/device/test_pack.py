@@ -100,8 +100,12 @@ def default_pack() -> pk.Pack:
 def test_default_pack_manifest(default_pack):
     m = default_pack.manifest
     assert m["format"] == pk.FORMAT == "morphbox-pack"
-    assert m["format_version"] == pk.FORMAT_VERSION == 1
-    assert m["mode"] in pk.MODES
+    # the shipped pack is neural (issue 3): embeddings + the default decoder, corners anchored
+    assert m["format_version"] == pk.NEURAL_FORMAT_VERSION == 2
+    assert m["mode"] == "neural"
+    assert m["neural_grid"] == {"anchor_corners": True}
+    assert m["model"]["sha256"] == hashlib.sha256(pk.DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert m["model"]["quantization"] == "int8"
     assert default_pack.name == "default"
     assert sorted(default_pack.corners) == ["NE", "NW", "SE", "SW"]
     names = default_pack.instrument_names
@@ -112,7 +116,7 @@ def test_default_pack_manifest(default_pack):
     assert 0 <= m["loop"]["start"] < m["loop"]["end"] < m["frames"]
     assert m["frame_rate"] > 0 and m["source_sample_rate"] > 0
     assert m["grid_size"] >= 2
-    assert set(m["members"]) == set(MEMBERS)
+    assert set(m["members"]) == set(MEMBERS) | set(pk.NEURAL_MEMBERS) | {pk.DECODER}
     for name, meta in m["members"].items():
         data = (DEFAULT_PACK / name).read_bytes()
         assert meta["sha256"] == hashlib.sha256(data).hexdigest()
@@ -121,8 +125,8 @@ def test_default_pack_manifest(default_pack):
 
 def test_default_pack_arrays(default_pack):
     m = default_pack.manifest
-    assert set(default_pack.arrays) == {n[:-4] for n in MEMBERS}
-    for member, (dtype, _) in MEMBERS.items():
+    assert set(default_pack.arrays) == {n[:-4] for n in {**MEMBERS, **pk.NEURAL_MEMBERS}}
+    for member, (dtype, _) in {**MEMBERS, **pk.NEURAL_MEMBERS}.items():
         arr = default_pack.arrays[member[:-4]]
         assert arr.dtype == np.dtype(dtype), member
         assert arr.shape == pk.expected_shape(member, m), member
