@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         for name in ("default", "default-b"):
             manifest = {k: v for k, v in base.manifest.items()
                         if k not in ("members", "format", "format_version")}
-            write_pack(tmp / name, dict(manifest, name=name), base.arrays)
+            write_pack(tmp / name, dict(manifest, name=name), {**base.arrays, **base.blobs})
             packs[name] = write_archive(tmp / name, tmp / f"{name}.mbpack", key).read_bytes()
         size = len(packs["default"])
         store = PackStore(tmp / "state")
