@@ -460,3 +460,20 @@ def test_write_pack_never_writes_outside_the_pack(tmp_path):
     with pytest.raises(PackError):
         write_pack(tmp_path / "packs" / "p", manifest, arrays)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["packs"]
+
+
+def test_every_shipped_pack_and_model_file_is_package_data():
+    """A non-editable install (the Pi: ``pip install .[device]``, deploy/setup.sh) copies only
+    the package-data globs: every file of the built-in pack and model must match one, or the
+    always-valid fallback pack would be missing a member on the box."""
+    import fnmatch
+    import tomllib
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["device"]
+    shipped = [p.relative_to(root / "device").as_posix()
+               for folder in ("packs", "models", "assets") for p in
+               (root / "device" / folder).rglob("*") if p.is_file()]
+    assert any(s.endswith(".tflite") for s in shipped if s.startswith("packs/"))
+    missing = [s for s in shipped if not any(fnmatch.fnmatch(s, g) for g in globs)]
+    assert not missing, f"not in [tool.setuptools.package-data] device: {missing}"
