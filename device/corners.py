@@ -114,7 +114,9 @@ def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
     size = int(m["grid_size"])
     if m.get("mode") == "neural":
         if pack.decoder is None:
-            raise PackError(f"{pack.path}: neural pack loaded without its decoder")
+            raise PackError(f"{pack.path}: cannot decode a grid for other corners: "
+                            f"{pack.decoder_error or 'neural pack loaded without its decoder'}"
+                            "; the stored grid plays on")
         anchored = bool(m.get("neural_grid", {}).get("anchor_corners", False))
         corner_db = (dequantize_db(pack.arrays["instruments_harmonics"][idx]),
                      dequantize_db(pack.arrays["instruments_noise"][idx])) if anchored else None

@@ -33,6 +33,10 @@ class ModelError(Exception):
     """A decoder model cannot be loaded or used; the message names the file and the reason."""
 
 
+class RuntimeMissing(ModelError):
+    """No TFLite runtime is installed: no model can be run, whatever the file."""
+
+
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -40,8 +44,8 @@ def _interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
-            raise ModelError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
-                             ) from exc
+            raise RuntimeMissing("no TFLite runtime: install ai-edge-litert (or "
+                                 "tflite-runtime)") from exc
     return Interpreter
 
 

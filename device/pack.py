@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ import numpy as np
 
 from kernels.grid import CORNERS
 from kernels.quant import dequantize_db
+
+log = logging.getLogger(__name__)
 
 FORMAT = "morphbox-pack"
 FORMAT_VERSION = 1  # spectral packs (the version v1 readers know)
@@ -102,6 +105,7 @@ class Pack:
     arrays: dict
     blobs: dict = field(default_factory=dict)  # ``.tflite`` members: name (no suffix) -> bytes
     decoder: object = None  # neural pack: its verified device.neural.NeuralDecoder
+    decoder_error: str | None = None  # neural pack without a decoder: why (no TFLite runtime)
 
     @property
     def is_neural(self) -> bool:
@@ -221,18 +225,22 @@ def _check_model(model, where: Path) -> None:
 def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
     """The verified pack's decoder (``path / decoder.tflite``) as a
     :class:`device.neural.NeuralDecoder`; raises :class:`PackError` naming the member when the
-    runtime is missing or the model's signature or sizes do not match the manifest.
+    model's signature or sizes do not match the manifest.
 
     ``num_threads`` defaults to one core fewer than the machine has, at most 2: a grid rebuild
     runs while the box plays, and the audio callback, MIDI router and control loop need a
     core (a Pi 4 decodes on 2 of its 4; this 2-core laptop on 1, 0.23 s against 0.22 s on 2).
+    Raises :class:`device.neural.RuntimeMissing` as it is when no TFLite runtime is installed
+    (the pack is not at fault).
     """
-    from device.neural import ModelError, NeuralDecoder
+    from device.neural import ModelError, NeuralDecoder, RuntimeMissing
     threads = num_threads or max(1, min(2, (os.cpu_count() or 1) - 1))
     try:
         return NeuralDecoder(path / DECODER, z_dims=manifest["model"]["z_dims"],
                              harmonics=manifest["harmonics"],
                              noise_bands=manifest["noise_bands"], num_threads=threads)
+    except RuntimeMissing:
+        raise
     except ModelError as exc:
         raise PackError(f"{path}: member {DECODER} is not a usable decoder: "
                         f"{str(exc).replace(str(path / DECODER) + ': ', '')}") from None
@@ -285,7 +293,16 @@ def load_pack(path: str | os.PathLike) -> Pack:
         if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
             raise PackError(f"{path}: member instruments_z_scale.npy must be finite and "
                             "positive")
-        decoder = load_decoder(path, manifest)
+        from device.neural import RuntimeMissing
+        try:
+            decoder = load_decoder(path, manifest)
+        except RuntimeMissing as exc:
+            # the stored grid still plays; only a rebuild for other corners needs the decoder
+            # (device.corners.build_grid refuses it with this reason)
+            log.warning("%s: %s; the stored grid plays, its corners cannot be changed",
+                        path, exc)
+            return Pack(path=path, manifest=manifest, arrays=arrays, blobs=blobs,
+                        decoder_error=str(exc))
     return Pack(path=path, manifest=manifest, arrays=arrays, blobs=blobs, decoder=decoder)
 
 

@@ -356,3 +356,40 @@ def test_neural_pack_survives_a_signed_archive(neural, tmp_path):
     pack = load_pack(out)
     assert pack.is_neural
     assert (out / "decoder.tflite").read_bytes() == (neural / "decoder.tflite").read_bytes()
+
+
+_NO_RUNTIME = textwrap.dedent("""
+    import sys
+    sys.modules["ai_edge_litert"] = None  # neither runtime can be imported in this process
+    sys.modules["tflite_runtime"] = None
+    import numpy as np
+    from device.corners import CornerSelector
+    from device.engine import Engine, render_offline
+    from device.pack import DEFAULT_PACK, PackError, grid_from_pack, load_pack
+    pack = load_pack(DEFAULT_PACK)
+    assert pack.is_neural and pack.decoder is None
+    assert "no TFLite runtime" in pack.decoder_error
+    engine = Engine(grid_from_pack(pack))
+    engine.note_on(60, 100)
+    audio = render_offline(engine, 48000)[:, 0]
+    before = engine.grid
+    sel = CornerSelector(engine, pack)
+    sel.select({"NW": 5})
+    assert sel.wait(10) and engine.grid is before
+    print("rms", float(np.sqrt(np.mean(audio ** 2))))
+    print("error", sel.last_error)
+""")
+
+
+def test_without_a_tflite_runtime_the_neural_default_pack_still_plays():
+    """No TFLite runtime installed (a hand-made install): the built-in neural pack loads, its
+    stored grid plays, and a corner change is refused with the reason; nothing else breaks."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _NO_RUNTIME], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = dict(line.split(" ", 1) for line in res.stdout.splitlines())
+    assert float(out["rms"]) > 0.01
+    assert "cannot decode a grid for other corners: no TFLite runtime" in out["error"]
+    assert "the stored grid plays on" in out["error"]
