@@ -78,3 +78,48 @@ def test_steps_during_a_rebuild_build_on_the_newest_request(pack):
     assert sel.wait(10)
     assert sel.corners["NW"] == (pack.corners["NW"] - 5) % 16
     assert sel.corners["SE"] == (se + 5) % 16
+
+
+def test_a_corner_change_under_a_held_note_morphs_without_a_click(pack):
+    """Holding a note at the NW corner while NW changes instrument (a neural rebuild, swapped
+    in between blocks): the timbre becomes the new instrument's, and the waveform has no step
+    at the swap (the engine crossfades each voice's table across the block)."""
+    from device.controls import Controls, ControlState
+    from kernels.analysis import harmonic_amplitudes
+    from kernels.quant import amplitude_to_db, dequantize_db
+    sr, note = 48000, 57
+    engine = Engine(grid_from_pack(pack), controls=Controls(ControlState(
+        x=0.0, y=0.0, attack_s=0.005, decay_s=0.1, sustain=1.0, release_s=0.1, volume=1.0)))
+    engine.note_on(note, 110)
+
+    def render(seconds):
+        return np.concatenate([engine.render_block()[:, 0].copy()
+                               for _ in range(int(seconds * sr / 128))])
+
+    before = render(1.2)
+    sel = CornerSelector(engine, pack)
+    organ = pack.instrument_names.index("Church Organ")
+    sel.select({"NW": organ})
+    assert sel.wait(10) and sel.last_error is None
+    after = render(1.2)
+
+    def partials(audio):
+        amps = harmonic_amplitudes(audio, sr, 440.0 * 2 ** ((note - 69) / 12), frame_rate=50.0,
+                                   n_harmonics=16)
+        db = amplitude_to_db(amps[2:-2]).mean(axis=0)
+        return np.maximum(db - db.max(), -40)
+
+    a = int(np.argmin(np.abs(np.array(pack.manifest["pitch_anchors"]) - note)))
+
+    def analysed(i):
+        ref = dequantize_db(pack.arrays["instruments_harmonics"][i, a, 40:60, :16]).mean(axis=0)
+        return np.maximum(ref - ref.max(), -40)
+
+    now = partials(after[-sr // 4:])
+    cello, organ_ref = analysed(pack.corners["NW"]), analysed(organ)
+    assert np.abs(now - organ_ref).mean() < np.abs(now - cello).mean()
+    assert np.abs(partials(before[-sr // 4:]) - cello).mean() < np.abs(now - cello).mean()
+    steady = np.abs(np.diff(before[sr // 2:])).max()
+    audio = np.concatenate([before, after])
+    jump = np.abs(np.diff(audio[len(before) - 2048:len(before) + 4096])).max()
+    assert jump < 1.5 * max(steady, np.abs(np.diff(after[sr // 2:])).max()) + 1e-3
