@@ -375,6 +375,11 @@ class AudioStream:
         """A snapshot copy of the counters."""
         return replace(self._stats)
 
+    def reset_max_render(self) -> None:
+        """Start :attr:`AudioStats.max_render_s` afresh (to measure one phase of a run). One
+        float store; a callback finishing at that instant may keep its own value instead."""
+        self._stats.max_render_s = 0.0
+
     @property
     def active(self) -> bool:
         """True while the stream is running (callbacks are being served)."""
