@@ -13,7 +13,8 @@ Corner anchoring (a neural pack's ``neural_grid.anchor_corners``, on by default)
 reconstructs each instrument only approximately (3.1 dB mean partial distance for the default
 pack's 16 instruments with the default model, ``bench/corner_fidelity.py``), so a corner would
 not quite sound like the instrument it names. Each corner's reconstruction error
-``r_c = analysed_c - decoded_c`` (dB, per anchor, frame and partial/band) is added back with the grid point's bilinear weights:
+``r_c = analysed_c - decoded_c`` (dB, per anchor, frame and partial/band) is added back with
+the grid point's bilinear weights:
 ``grid(x, y) = decode(sum_c w_c z_c) + sum_c w_c r_c``. Corners are then the analysed
 instruments exactly (as in spectral mode) and every point in between keeps what the latent
 morph adds over a plain dB mix: ``grid - spectral_grid = decode(sum w z) - sum w decode(z)``.
