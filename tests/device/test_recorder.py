@@ -172,7 +172,8 @@ def test_attach_cc_button_and_cli_request_start_and_stop(tmp_path, monkeypatch):
     assert len(files) == 4 and all(f.endswith((".mid", ".wav")) for f in files)
     first = _midi_events(first_midi)
     assert any(m.type == "note_on" and m.note == 67 for _, m in first)
-    assert service.corners.corners["NW"] == 4 or service.corners._wanted["NW"] == 4
+    assert service.corners.wait(10)  # the CC's corner change (a neural rebuild) is applied
+    assert service.corners.corners["NW"] == 4 and service.corners.last_error is None
     with pytest.raises(TimeoutError):
         request("start", timeout=0.3)  # nobody listening any more
 
