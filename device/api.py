@@ -1,7 +1,8 @@
 """The device's HTTP API and web page (aiohttp, on its own thread and event loop).
 
 Binds to loopback by default (``127.0.0.1:8750``); give the LAN address (or ``0.0.0.0``) to
-reach it from a laptop. Reads are open; every change needs the pairing token in the
+reach it from a laptop. Status, packs and keys can be read by anyone who reaches the port;
+the recordings (someone's playing) and every change need the pairing token in the
 ``X-Morphbox-Token`` header (or ``Authorization: Bearer TOKEN``), and only archives signed by
 a paired key install. All answers are JSON; a refusal is ``{"error": message, "code": word}``
 with the status below.
@@ -20,8 +21,8 @@ DELETE   /api/packs/{id}                 200 (409: active or built-in)
 POST     /api/keys                       pairing: ``{"public_key": 64 hex, "label"}``; 201
 GET      /api/keys                       paired key ids
 DELETE   /api/keys/{key_id}              unpair
-GET      /api/recordings                 ``[{"name", "bytes", "modified"}]``
-GET      /api/recordings/{name}          the file (``.wav`` or ``.mid``)
+GET      /api/recordings                 ``[{"name", "bytes", "modified"}]`` (token)
+GET      /api/recordings/{name}          the file (``.wav`` or ``.mid``) (token)
 =======  ==============================  ==================================================
 
 Statuses: 400 bad request or archive (path traversal, bad format), 401 missing token,
@@ -254,6 +255,7 @@ class ApiServer:
         return web.json_response({"removed": request.match_info["kid"]})
 
     async def recordings(self, request):
+        self._auth(request)
         d = self.store.recordings_dir
         files = [p for p in sorted(d.iterdir()) if _RECORDING.match(p.name) and p.is_file()] \
             if d.is_dir() else []
@@ -261,6 +263,7 @@ class ApiServer:
                                    "modified": p.stat().st_mtime} for p in files])
 
     async def recording(self, request):
+        self._auth(request)
         name = request.match_info["name"]
         if not _RECORDING.match(name):
             return _err(400, "traversal", f"refused recording name {name!r}: a plain .wav or "

@@ -1,11 +1,14 @@
 // morphbox device page: status, packs (activate, delete, upload by drag and drop),
-// recordings. Talks to the JSON API in device/api.py; changes send X-Morphbox-Token.
+// recordings. Talks to the JSON API in device/api.py; changes and recordings send
+// X-Morphbox-Token.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const tokenInput = $("token");
 tokenInput.value = localStorage.getItem("morphbox-token") || "";
-tokenInput.addEventListener("change", () =>
-  localStorage.setItem("morphbox-token", tokenInput.value.trim()));
+tokenInput.addEventListener("change", () => {
+  localStorage.setItem("morphbox-token", tokenInput.value.trim());
+  refresh();
+});
 
 function say(text, ok) {
   const m = $("message");
@@ -68,19 +71,67 @@ async function refresh() {
       tr.append(td);
       return tr;
     }));
-    const recs = await (await fetch("/api/recordings")).json();
-    $("recordings").replaceChildren(...(recs.length ? recs : [null]).map((r) => {
-      const li = document.createElement("li");
-      if (!r) { li.textContent = "no recordings yet"; return li; }
-      const a = document.createElement("a");
-      a.href = `/api/recordings/${encodeURIComponent(r.name)}`;
-      a.textContent = r.name;
-      a.download = r.name;
-      li.append(a, ` (${mb(r.bytes)})`);
-      return li;
-    }));
+    await listRecordings();
   } catch (e) {
     say("device unreachable: " + e.message, false);
+  }
+}
+
+// Recordings need the token (someone's playing), so the list and the files are fetched with
+// it; a click downloads the file as a blob.
+async function listRecordings() {
+  const ul = $("recordings");
+  const note = (text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    return li;
+  };
+  if (!tokenInput.value.trim()) {
+    ul.replaceChildren(note("enter the pairing token to list the recordings"));
+    return;
+  }
+  let recs;
+  try {
+    recs = await call("GET", "/api/recordings");
+  } catch (e) {
+    ul.replaceChildren(note("recordings: " + e.message));
+    return;
+  }
+  ul.replaceChildren(...(recs.length ? recs : [null]).map((r) => {
+    if (!r) return note("no recordings yet");
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = "#";
+    a.dataset.name = r.name;
+    a.textContent = r.name;
+    a.onclick = (ev) => { ev.preventDefault(); download(r.name); };
+    li.append(a, ` (${mb(r.bytes)})`);
+    return li;
+  }));
+}
+
+async function recordingBlob(name) {
+  const resp = await fetch(`/api/recordings/${encodeURIComponent(name)}`,
+    { headers: { "X-Morphbox-Token": tokenInput.value.trim() } });
+  if (!resp.ok) {
+    const data = await resp.json().catch(() => ({}));
+    throw new Error(data.error || `HTTP ${resp.status}`);
+  }
+  return resp.blob();
+}
+
+async function download(name) {
+  try {
+    const url = URL.createObjectURL(await recordingBlob(name));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (e) {
+    say("download failed: " + e.message, false);
   }
 }
 

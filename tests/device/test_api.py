@@ -172,15 +172,21 @@ def test_recordings_list_download_and_traversal(box):
     (rec / "20250101-120000.mid").write_bytes(b"MThd")
     (box["tmp"] / "secret.wav").write_bytes(b"secret")
     api = box["api"]
-    st, listing = api("GET", "/api/recordings", token=None)
+    # someone's playing: not for whoever reaches the port (the box may listen on the LAN)
+    for path in ("/api/recordings", "/api/recordings/20250101-120000.wav"):
+        st, body = api("GET", path, token=None)
+        assert st == 401 and "token" in body["error"]
+        st, body = api("GET", path, token="wrong")
+        assert st == 403
+    st, listing = api("GET", "/api/recordings")
     assert st == 200 and [r["name"] for r in listing] == ["20250101-120000.mid",
                                                           "20250101-120000.wav"]
-    st, data = api("GET", "/api/recordings/20250101-120000.wav", token=None)
+    st, data = api("GET", "/api/recordings/20250101-120000.wav")
     assert st == 200 and data == b"RIFF....WAVEdata"
-    st, body = api("GET", "/api/recordings/..%2Fsecret.wav", token=None)
+    st, body = api("GET", "/api/recordings/..%2Fsecret.wav")
     assert st == 400 and "refused recording name '../secret.wav'" in body["error"]
     assert body["code"] == "traversal"
-    st, body = api("GET", "/api/recordings/missing.wav", token=None)
+    st, body = api("GET", "/api/recordings/missing.wav")
     assert st == 404 and "no recording" in body["error"]
 
 

@@ -95,7 +95,9 @@ def test_page_flow_in_headless_chromium(browser, box):
         "return [...document.querySelectorAll('#packs tbody tr')].map(r => r.dataset.id)")
     assert ids == ["builtin", box["old"]]
 
-    # no token yet: the drop is refused with the device's message
+    # no token yet: the recordings are not listed, and the drop is refused with the device's
+    # message
+    assert "enter the pairing token" in drv.find_element(By.ID, "recordings").text
     _drop(drv, box["new"])
     wait.until(lambda d: "missing pairing token" in d.find_element(By.ID, "message").text)
     assert service.engine.grid.name == "warm"
@@ -116,14 +118,17 @@ def test_page_flow_in_headless_chromium(browser, box):
     wait.until(lambda d: "warm is playing" in d.find_element(By.ID, "message").text)
     assert service.engine.grid.name == "warm"
 
-    # recordings: listed and downloadable
-    name, href = drv.execute_script(
-        "const a = document.querySelector('#recordings a'); return [a.textContent, a.href]")
+    # recordings (token entered above): listed, and the page's download fetches the file with
+    # the token (without it the device answers 401)
+    name = wait.until(lambda d: d.execute_script(
+        "const a = document.querySelector('#recordings a'); return a && a.dataset.name"))
     assert name == "20250102-093000.wav"
     size = drv.execute_async_script(
-        "fetch(arguments[0]).then(r => r.arrayBuffer()).then(b => arguments[1](b.byteLength))",
-        href)
+        "recordingBlob(arguments[0]).then(b => arguments[1](b.size))", name)
     assert size == 2004
+    status = drv.execute_async_script(
+        "fetch('/api/recordings/' + arguments[0]).then(r => arguments[1](r.status))", name)
+    assert status == 401
 
     shot = os.environ.get("MORPHBOX_SCREENSHOT")
     if shot:
