@@ -36,7 +36,7 @@ from kernels.quant import DB_MIN, DB_STEP, dequantize_db
 
 
 def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
-                      size: int, corner_db: tuple[np.ndarray, np.ndarray] | None = None
+                      size: int, corner_codes: tuple[np.ndarray, np.ndarray] | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Decode a ``size x size`` morph grid from four corners' embeddings.
 
@@ -48,9 +48,10 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
     ``(grid_harmonics (G, G, A, F, K), grid_noise (G, G, A, F, B))`` uint8: partial amplitude
     = amplitude x harmonic distribution, noise = band gains.
 
-    ``corner_db``: the corners' analysed ``(harmonics_db (4, A, F, K), noise_db (4, A, F, B))``
-    float dB; if given, the corners are anchored to them (module docstring): the
-    reconstruction error at each corner is added back with the bilinear weights.
+    ``corner_codes``: the corners' analysed ``(harmonics (4, A, F, K), noise (4, A, F, B))`` in
+    the pack's uint8 dB codes (``instruments_*`` rows); if given, the corners are anchored to
+    them (module docstring): each corner's reconstruction error is added back with the
+    bilinear weights.
     """
     z = np.asarray(z, np.float32)
     loudness_db = np.asarray(loudness_db, np.float32)
@@ -74,9 +75,9 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
     shape = (size, size, n_anchors, frames)
     harm = (h + level[..., None]).reshape(shape + (-1,))
     noise = out["noise_db"].reshape(shape + (-1,))
-    if corner_db is not None:
-        harm, noise = (_anchor(g, np.asarray(c, np.float32), w)
-                       for g, c in zip((harm, noise), corner_db))
+    if corner_codes is not None:
+        harm, noise = (_anchor(g, dequantize_db(c), w) for g, c in zip((harm, noise),
+                                                                        corner_codes))
     return _codes(harm), _codes(noise)
 
 
@@ -119,11 +120,11 @@ def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
                             f"{pack.decoder_error or 'neural pack loaded without its decoder'}"
                             "; the stored grid plays on")
         anchored = bool(m.get("neural_grid", {}).get("anchor_corners", False))
-        corner_db = (dequantize_db(pack.arrays["instruments_harmonics"][idx]),
-                     dequantize_db(pack.arrays["instruments_noise"][idx])) if anchored else None
         codes = neural_grid_codes(pack.decoder, pack.z_corners(idx),
                                   pack.arrays["instruments_loudness"][idx],
-                                  m["pitch_anchors"], size, corner_db)
+                                  m["pitch_anchors"], size,
+                                  (pack.arrays["instruments_harmonics"][idx],
+                                   pack.arrays["instruments_noise"][idx]) if anchored else None)
         harm, noise = (dequantize_db(c) for c in codes)
     else:
         harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)

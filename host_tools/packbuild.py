@@ -379,10 +379,10 @@ def neural_members(model: NeuralModel, harm, noise, loudness, pitches,
         file.write_bytes(model.tflite)
         dec = NeuralDecoder(file, z_dims=model.record["z_dims"], harmonics=settings.harmonics,
                             noise_bands=settings.noise_bands, num_threads=threads)
-        corner_db = (dequantize_db(harm[idx]), dequantize_db(noise[idx])) \
-            if settings.anchor_corners else None
         grid_h, grid_n = neural_grid_codes(dec, z[idx], loudness[idx], settings.anchors,
-                                           settings.grid_size, corner_db)
+                                           settings.grid_size,
+                                           (harm[idx], noise[idx])
+                                           if settings.anchor_corners else None)
     return grid_h, grid_n, {"instruments_z": codes, "instruments_z_scale": scale,
                             "decoder": model.tflite}
 

@@ -7,11 +7,23 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(fig, out: str | Path, dpi: int) -> Path:
+    """Lay out ``fig``, write it to ``out`` (PNG; parent folders made), close it; returns the
+    path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
 
 
 def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.ndarray,
@@ -19,7 +31,7 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
     """Spectrogram (dB, 0..8 kHz) of mono ``audio`` above the touch path (x, y vs time) and
     the corner weights it implies. Writes a PNG; returns its path."""
     from kernels.grid import CORNERS, corner_weights
-    plt = _plt()
+    plt = pyplot()
     fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(12, 7.5), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 1, 1]})
     n_fft, hop = 2048, 512
@@ -44,12 +56,7 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
     ax2.set_xlabel("time (s)")
     ax2.set_ylim(0, 1)
     ax2.legend(loc="upper right", fontsize=8, ncol=4)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.0) -> Path:
@@ -57,7 +64,7 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
     partial amplitudes (dB) of the anchor nearest ``anchor_pitch``, one frame at ``frame_s``;
     corners labelled with their instruments. Writes a PNG; returns its path."""
     from device.pack import grid_from_pack
-    plt = _plt()
+    plt = pyplot()
     grid = grid_from_pack(pack)
     a = int(np.argmin(np.abs(grid.anchors - anchor_pitch)))
     f = min(int(frame_s * grid.frame_rate), grid.n_frames - 1)
@@ -80,9 +87,4 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
                                loc="left" if ix == 0 else "right")
     fig.suptitle(f"Morph grid of '{pack.name}' ({pack.manifest['mode']} mode): first 32 "
                  f"partials, MIDI {int(grid.anchors[a])}, t = {frame_s:g} s, dB", fontsize=11)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=80)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from host_tools.plots import pyplot, save_figure
 from kernels.analysis import analyze_note, loudness_db
 from kernels.pitch import hz_to_midi
 from kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
@@ -394,13 +395,6 @@ def evaluate(run_or_model_paths, dataset, out_md: str | os.PathLike = "docs/mode
 # ------------------------------------------------------------------------------ figures
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _spectrogram(ax, x, title, vmax=None):
     p = 10 * np.log10(_power_spec(x).T + 1e-12)
     t = np.arange(p.shape[1]) * LSD_HOP / SAMPLE_RATE
@@ -414,7 +408,7 @@ def _spectrogram(ax, x, title, vmax=None):
 
 
 def _plot_lsd(metrics, methods, notes, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     data = [metrics[k]["lsd"][np.isfinite(metrics[k]["lsd"])] for k in methods]
     ax0.boxplot(data, showfliers=False)
@@ -433,10 +427,7 @@ def _plot_lsd(metrics, methods, notes, path: Path) -> Path:
     ax1.set_ylabel("mean LSD (dB)")
     ax1.set_title("per held-out instrument")
     ax1.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _short(label: str) -> str:
@@ -452,7 +443,7 @@ def _pick_note(notes: _Notes, name: str, pitch: int) -> int:
 
 def _plot_reconstruction(model: _Model, notes: _Notes, decoded, i: int, seed,
                          path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     x = notes.audio[i]
     f0 = float(notes.f0_hz[i])
     noise = np.random.default_rng([seed, i]).standard_normal(len(x))
@@ -469,14 +460,11 @@ def _plot_reconstruction(model: _Model, notes: _Notes, decoded, i: int, seed,
                  vmax)
     for ax in axes:
         ax.set_xlabel("s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _plot_morph(model: _Model, notes: _Notes, morph, pitch: int, seed: int, path: Path):
-    plt = _plt()
+    plt = pyplot()
     if morph is None:
         # the two most sustained test instruments near ``pitch`` (loudness at 2.5 s vs peak)
         scores = {}
@@ -516,11 +504,8 @@ def _plot_morph(model: _Model, notes: _Notes, morph, pitch: int, seed: int, path
     _spectrogram(axes[4], latent, f"latent morph: z interpolated A -> B, decoded by "
                  f"{model.label}", vmax)
     axes[-1].set_xlabel("s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path, {"a": morph[0], "b": morph[1], "pitch": int(notes.pitch[ia]),
-                  "model": model.label}
+    return save_figure(fig, path, dpi=80), {"a": morph[0], "b": morph[1],
+                                            "pitch": int(notes.pitch[ia]), "model": model.label}
 
 
 # ------------------------------------------------------------------------------ report
