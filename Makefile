@@ -26,7 +26,7 @@ bench: setup
 	$(PY) bench/corner_fidelity.py
 
 pack: setup
-	$(VENV)/bin/morphbox pack build
+	$(VENV)/bin/morphbox pack build --out device/packs/default
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,8 @@
 
 For every instrument of a neural pack (default: the shipped pack), the pack's own decoder is
 run on the instrument's own z (as it would be at a corner without anchoring, see
-:mod:`device.corners`) and compared with the instrument's analysed partials, per anchor:
+:mod:`morphbox.device.engine.corners`) and compared with the instrument's analysed partials, per
+anchor:
 
 * ``frame dB``: mean |decoded - analysed| over partials within 60 dB of the frame's strongest
   (every frame, every partial: includes frame-to-frame jitter of weak partials);
@@ -30,10 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device.corners import build_grid, neural_grid_codes  # noqa: E402
-from device.pack import DEFAULT_PACK, load_pack  # noqa: E402
-from kernels.grid import CORNERS, spectral_grid  # noqa: E402
-from kernels.quant import dequantize_db  # noqa: E402
+from morphbox.device.engine.corners import build_grid, neural_grid_codes  # noqa: E402
+from morphbox.device.packs.format import DEFAULT_PACK, load_pack  # noqa: E402
+from morphbox.kernels.grid import CORNERS, spectral_grid  # noqa: E402
+from morphbox.kernels.quant import dequantize_db  # noqa: E402
 
 
 def frame_db(a: np.ndarray, b: np.ndarray) -> float:

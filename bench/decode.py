@@ -6,8 +6,8 @@ Model: the committed default model (``device/models/default_{f32,int8}.tflite``)
 else the stand-in of ``bench/pack_build.py`` (default architecture; cost does not depend on
 training). Runtimes: ai-edge-litert, and tflite-runtime 2.14 when it is importable.
 Shapes: one grid rebuild batch (9 x 9 points x 16 anchors = 1296 notes x 81 frames) and one
-note (1 x 81 frames). The rebuild: :func:`device.corners.build_grid` on a neural pack made
-from the shipped pack's 16 analysed instruments (its 19 anchors) with the int8 model, for
+note (1 x 81 frames). The rebuild: :func:`morphbox.device.engine.corners.build_grid` on a neural
+pack made from the shipped pack's 16 analysed instruments (its 19 anchors) with the int8 model, for
 several corner choices, with 1 and all interpreter threads (the shipped pack itself when it
 was built with that model), corners anchored as shipped. Target <= 1 s. Prints markdown.
 """
@@ -57,11 +57,11 @@ def time_decode(module, path: Path, b: int, t: int, threads: int, repeats: int) 
 def neural_pack_from_shipped(model: Path) -> Path:
     """The shipped pack if it is neural with ``model``; else a neural pack with the shipped
     pack's instruments (no re-analysis) and ``model``, corners anchored as by default."""
-    from device.pack import DEFAULT_PACK, load_pack, write_pack
+    from morphbox.device.packs.format import DEFAULT_PACK, load_pack, write_pack
     src = load_pack(DEFAULT_PACK)
     if src.is_neural and src.blobs["decoder"] == model.read_bytes():
         return DEFAULT_PACK
-    from host_tools.packbuild import PackSettings, neural_members, resolve_model
+    from morphbox.host_tools.packbuild import PackSettings, neural_members, resolve_model
     m = dict(src.manifest)
     nm = resolve_model(model)
     s = PackSettings(name="bench-rebuild", anchors=tuple(m["pitch_anchors"]),
@@ -103,8 +103,8 @@ def main() -> None:
                 print(f"| {rt} | {label} | {b} x {t} | {threads} | {us:.2f} | "
                       f"{us * b * t / 1e3:.1f} |")
 
-    from device.corners import build_grid
-    from device.pack import load_decoder, load_pack
+    from morphbox.device.engine.corners import build_grid
+    from morphbox.device.packs.format import load_decoder, load_pack
     pack = load_pack(neural_pack_from_shipped(int8))
     m = pack.manifest
     g, a, f = m["grid_size"], len(m["pitch_anchors"]), m["frames"]

@@ -21,9 +21,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from device.controls import Controls, ControlState  # noqa: E402
-from device.engine import Engine, EngineConfig  # noqa: E402
-from device.pack import load_default_grid  # noqa: E402
+from morphbox.device.engine.controls import Controls, ControlState  # noqa: E402
+from morphbox.device.engine.voices import Engine, EngineConfig  # noqa: E402
+from morphbox.device.packs.format import load_default_grid  # noqa: E402
 
 
 def measure(grid, block_size: int, voices: int, blocks: int) -> np.ndarray:

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from device.api import ApiServer  # noqa: E402
-from device.archive import public_raw, write_archive  # noqa: E402
-from device.pack import DEFAULT_PACK, load_pack, write_pack  # noqa: E402
-from device.packstore import PackStore  # noqa: E402
-from device.service import Service, ServiceConfig  # noqa: E402
+from morphbox.device.api.server import ApiServer  # noqa: E402
+from morphbox.device.packs.archive import public_raw, write_archive  # noqa: E402
+from morphbox.device.packs.format import DEFAULT_PACK, load_pack, write_pack  # noqa: E402
+from morphbox.device.packs.store import PackStore  # noqa: E402
+from morphbox.device.service import Service, ServiceConfig  # noqa: E402
 
 
 def _post(port, path, token, body=None):

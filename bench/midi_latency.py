@@ -4,8 +4,9 @@
 
 Starts its own ``jackd --no-realtime -d dummy -r 48000 -p 128`` (a real-time-paced server
 without a sound card), opens the engine's PyAudio stream on it (128-frame blocks) and the
-MIDI input exactly as the box does (:func:`device.midi_inputs.rtmidi_scanner` over JACK ->
-:class:`device.midi.MidiRouter`), and plays it from an rtmidi virtual JACK MIDI port.
+MIDI input exactly as the box does (:func:`morphbox.device.midi.inputs.rtmidi_scanner` over JACK ->
+:class:`morphbox.device.midi.router.MidiRouter`), and plays it from an rtmidi virtual JACK MIDI
+port.
 
 1. Latency, over ``--notes`` notes: the time from ``send_message(note_on)`` to the end of the
    render of the first block holding a non-zero sample (an engine tap, timestamped with
@@ -242,11 +243,11 @@ def main(argv=None) -> int:
 
     proc = start_jackd(f"morphbox-bench-{os.getpid()}")
     try:
-        from device.audio import AudioStream
-        from device.engine import Engine, EngineConfig
-        from device.midi import MidiRouter
-        from device.midi_inputs import rtmidi_scanner
-        from device.pack import load_default_grid
+        from morphbox.device.engine.audio import AudioStream
+        from morphbox.device.engine.voices import Engine, EngineConfig
+        from morphbox.device.midi.inputs import rtmidi_scanner
+        from morphbox.device.midi.router import MidiRouter
+        from morphbox.device.packs.format import load_default_grid
 
         engine = Engine(load_default_grid(), EngineConfig(sample_rate=SR, block_size=BLOCK))
         engine.controls.set_adsr(attack_s=0.001, release_s=0.01)

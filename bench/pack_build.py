@@ -32,12 +32,12 @@ import sys
 from pathlib import Path
 import keras
 import numpy as np
-from host_tools.model.export import export_tflite, representative_samples
-from host_tools.model.network import ModelConfig, build_decoder, build_encoder
+from morphbox.host_tools.model.export import export_tflite, representative_samples
+from morphbox.host_tools.model.network import ModelConfig, build_decoder, build_encoder
 out, dataset = Path(sys.argv[1]), Path(sys.argv[2])
 if (dataset / "index.json").exists() or any(dataset.glob("shard-*.npz")):
-    from host_tools.model.dataset import load_split
-    from host_tools.model.train import TrainConfig, load_models, train
+    from morphbox.host_tools.model.dataset import load_split
+    from morphbox.host_tools.model.train import TrainConfig, load_models, train
     cfg = TrainConfig(dataset=str(dataset), run_dir=str(out / "run"), steps=5, batch_size=4,
                       crop_frames=64, log_every=5, checkpoint_every=5, valid_batches=1)
     train(cfg, progress=False)
@@ -95,9 +95,9 @@ def main() -> None:
 
     import numpy as np
 
-    from device.pack import load_pack
-    from host_tools import packbuild
-    from host_tools.packbuild import PackSettings, build_pack
+    from morphbox.device.packs.format import load_pack
+    from morphbox.host_tools import packbuild
+    from morphbox.host_tools.packbuild import PackSettings, build_pack
 
     settings = PackSettings(name="bench", anchors=tuple(range(24, 85, 4)), grid_size=9,
                             mode="neural", model=str(model))

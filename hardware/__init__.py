@@ -1,14 +1,14 @@
 """Drivers for the box's I2C/GPIO parts, each behind a swappable backend with a register-level
 simulator (docs/hardware.md).
 
-* :mod:`hardware.i2c` -- the bus: smbus2 (``/dev/i2c-N``) or :class:`~hardware.i2c.SimBus`,
-  chosen by argument or ``MORPHBOX_I2C=sim|smbus2``.
-* :mod:`hardware.sim` -- chip simulators: Trill Square, the Open NSynth Super controller
+* :mod:`morphbox.hardware.i2c` -- the bus: smbus2 (``/dev/i2c-N``) or
+:class:`~morphbox.hardware.i2c.SimBus`,   chosen by argument or ``MORPHBOX_I2C=sim|smbus2``.
+* :mod:`morphbox.hardware.sim` -- chip simulators: Trill Square, the Open NSynth Super controller
   board, MPR121, ADS1115/ADS1015, SSD1306.
-* :mod:`hardware.touch` -- touch surfaces -> :class:`~hardware.touch.TouchFrame`.
-* :mod:`hardware.adc`, :mod:`hardware.gpio`, :mod:`hardware.oled` -- pots, encoders and
-  buttons (gpiozero), the OLED (luma.oled).
-* :mod:`hardware.fault` -- keep the last good value through bus faults.
+* :mod:`morphbox.hardware.touch` -- touch surfaces -> :class:`~morphbox.hardware.touch.TouchFrame`.
+* :mod:`morphbox.hardware.adc`, :mod:`morphbox.hardware.gpio`, :mod:`morphbox.hardware.oled` --
+pots, encoders and   buttons (gpiozero), the OLED (luma.oled).
+* :mod:`morphbox.hardware.fault` -- keep the last good value through bus faults.
 
-Nothing here imports ``device``; :mod:`device.controlloop` wires these parts to the engine.
+Nothing here imports ``device``; :mod:`morphbox.device.panel.loop` wires these parts to the engine.
 """

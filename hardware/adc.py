@@ -9,8 +9,8 @@ Values are fractions 0..1 of ``vref_v`` (the pots' supply).
 
 from __future__ import annotations
 
-from hardware.errors import PartNotFound
-from hardware.sim import ADS_PGA_V
+from morphbox.hardware.errors import PartNotFound
+from morphbox.hardware.sim import ADS_PGA_V
 
 ADS_ADDRESSES = range(0x48, 0x4C)
 _PGA_BITS = {v: i for i, v in enumerate(ADS_PGA_V[:6])}

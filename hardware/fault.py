@@ -2,7 +2,7 @@
 re-initialise a part that vanished and came back.
 
 :class:`Guard` wraps a part's ``read()`` (and ``init()``). A failed read (OSError or
-:class:`hardware.errors.FrameError`) returns the last good value; the next attempt waits
+:class:`morphbox.hardware.errors.FrameError`) returns the last good value; the next attempt waits
 ``backoff`` seconds, doubling from ``min_backoff_s`` to ``max_backoff_s``. The first failure of
 a burst is logged as a warning; the recovery is logged with the burst's count. After
 ``reinit_after`` consecutive failures the part's ``init()`` runs before the next read (a sensor
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hardware.errors import FrameError, HardwareError
+from morphbox.hardware.errors import FrameError, HardwareError
 
 log = logging.getLogger("morphbox.hardware")
 

@@ -7,7 +7,7 @@ Pins are BCM numbers.
 
 from __future__ import annotations
 
-from hardware.errors import HardwareError
+from morphbox.hardware.errors import HardwareError
 
 
 def make_pin_factory(name: str | None):

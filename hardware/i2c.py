@@ -159,7 +159,8 @@ class SMBus2Bus(I2CBus):
 
 
 class SimBus(I2CBus):
-    """A bus of simulated chips (:mod:`hardware.sim`), for tests, ``--sim`` runs and benches.
+    """A bus of simulated chips (:mod:`morphbox.hardware.sim`), for tests, ``--sim`` runs and
+    benches.
 
     ``attach(address, device)`` puts a chip on the bus; ``detach(address)`` pulls it off (it
     then NACKs); re-attaching calls its ``power_on()``. ``inject(address, fault, count)`` makes

@@ -1,8 +1,8 @@
 """The 128x64 SSD1306 OLED (I2C 0x3C/0x3D) through luma.oled: what the box shows.
 
 :func:`render_screen` draws a :class:`ScreenView` into a 128x64 1-bit PIL image (pure, no
-I/O); :class:`Oled` sends it to the panel through any :class:`hardware.i2c.I2CBus` (luma uses
-the bus's ``write_i2c_block_data``, so the simulator sees the real command and data bytes).
+I/O); :class:`Oled` sends it to the panel through any :class:`morphbox.hardware.i2c.I2CBus` (luma
+uses the bus's ``write_i2c_block_data``, so the simulator sees the real command and data bytes).
 
 Layout (pixels; font: PIL's built-in bitmap font, 6x11 px per character):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hardware.errors import PartNotFound
+from morphbox.hardware.errors import PartNotFound
 
 WIDTH, HEIGHT = 128, 64
 OLED_ADDRESSES = (0x3C, 0x3D)

@@ -1,4 +1,4 @@
-"""Register-level simulators of the box's I2C chips, for :class:`hardware.i2c.SimBus`.
+"""Register-level simulators of the box's I2C chips, for :class:`morphbox.hardware.i2c.SimBus`.
 
 Each simulator answers the bytes a driver writes and reads as the chip does (command and
 register layout from REFERENCE.md and the chips' datasheets) and offers a "physical" side for

@@ -9,7 +9,8 @@
 
 Every driver has ``init()`` (identify and configure; raises :class:`PartNotFound` naming the
 part) and ``read() -> TouchFrame`` (raises OSError on a bus error and :class:`FrameError` on a
-corrupt or implausible frame; a caller keeps its last good frame, see :mod:`hardware.fault`).
+corrupt or implausible frame; a caller keeps its last good frame, see
+:mod:`morphbox.hardware.fault`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ import struct
 import time
 from dataclasses import dataclass
 
-from hardware.errors import FrameError, PartNotFound
-from hardware.sim import TRILL_CMD, TRILL_MODES, TRILL_NO_TOUCH, TRILL_STEPS, nsynth_checksum
+from morphbox.hardware.errors import FrameError, PartNotFound
+from morphbox.hardware.sim import (
+    TRILL_CMD,
+    TRILL_MODES,
+    TRILL_NO_TOUCH,
+    TRILL_STEPS,
+    nsynth_checksum,
+)
 
 TRILL_ADDRESSES = range(0x28, 0x30)
 NSYNTH_BOARD_ADDRESS = 0x47

@@ -33,12 +33,12 @@ touch paths: corners (tour of NW, NE, SE, SW), circle, figure-eight, or a CSV of
 
 
 def _engine_config(args):
-    from device.engine import EngineConfig
+    from morphbox.device.engine.voices import EngineConfig
     return EngineConfig(block_size=args.block_size)
 
 
 def cmd_demo(args) -> int:
-    from host_tools.demo import run_demo
+    from morphbox.host_tools.demo import run_demo
     live = None if args.live == "auto" else args.live == "yes"
     s = run_demo(args.out, live=live, path=args.path, pack=args.pack)
     print(f"wrote {s['wav']} ({s['seconds']} s, peak {s['peak']:.2f}) and {s['png']}; "
@@ -48,7 +48,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from host_tools.demo import render_piece, write_wav
+    from morphbox.host_tools.demo import render_piece, write_wav
     cfg = _engine_config(args)
     audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg)
     write_wav(args.output, audio, cfg.sample_rate)
@@ -57,65 +57,23 @@ def cmd_render(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import logging
-
-    from device.service import MidiFilePart, Service, ServiceConfig, TouchPathPart
-    from device.sim import midi_events, touch_path
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    store = None
-    if args.state_dir:
-        import os
-        os.environ["MORPHBOX_STATE_DIR"] = args.state_dir  # recorder, patches: same place
-    if args.api:
-        from device.pack import DEFAULT_PACK
-        from device.packstore import PackStore
-        store = PackStore(args.state_dir)
-        if args.pack == str(DEFAULT_PACK):  # no --pack: the store's active pack (or fallback)
-            args.pack = str(store.startup()[1].path)
-    service = Service(ServiceConfig(pack=args.pack, engine=_engine_config(args),
-                                    audio=args.audio, device=args.device))
-    seconds = args.seconds
-    if args.midi:
-        events = midi_events(args.midi)
-        service.add(MidiFilePart(service.engine, events, loop=args.loop))
-        if seconds is None and not args.loop:
-            seconds = (events[-1][0] if events else 0.0) + 2.0
-    if args.path:
-        service.add(TouchPathPart(service.controls, touch_path(args.path)))
-    if args.profile:
-        from device.controlloop import attach as attach_controls
-        from device.profiles import load_profile
-        attach_controls(service, load_profile(args.profile))
-    if args.midi_in or args.record:
-        from device.midi import attach
-        setup = attach(service, args.midi_config)
-        if args.record:
-            setup.recorder.start_recording()
-    if store is not None:
-        from device.api import attach_api, parse_bind
-        attach_api(service, store, *parse_bind(args.bind))
-        print(f"HTTP API and web page on http://{args.bind}/ (pairing token: "
-              f"morphbox token)")
-    print(f"morphbox running on {service.output.device_name} with pack '{service.pack.name}'"
-          + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"))
-    st = service.run(seconds)
-    print(f"played {st['blocks']} blocks: {st['late_blocks']} late, {st['xruns']} xruns, "
-          f"{st['errors']} errors")
-    return 0
+    from morphbox.device.main import run
+    return run(args)
 
 
 def cmd_play(args) -> int:
-    args.audio, args.seconds, args.loop = "device", None, False
+    from morphbox.device.main import run
+    args.audio, args.seconds, args.loop, args.state_dir = "device", None, False, None
     args.midi_in = args.record = args.api = False
-    args.midi_config = args.profile = args.state_dir = None
-    return cmd_run(args)
+    args.midi_config = args.profile = None
+    return run(args)
 
 
 def cmd_record(args) -> int:
-    from device.recorder import request
+    from morphbox.host_tools.flash import FlashError, record
     try:
-        st = request(args.action)
-    except TimeoutError as exc:
+        st = record(args.action, args.device, token=args.token, state_dir=args.state_dir)
+    except FlashError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     cur = st.get("current") or st.get("last") or {}
@@ -124,15 +82,15 @@ def cmd_record(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from device.audio import list_output_devices
+    from morphbox.device.engine.audio import list_output_devices
     names = list_output_devices()
     print("\n".join(names) if names else "no audio output devices")
     return 0
 
 
 def cmd_pack_build(args) -> int:
-    from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
-    from host_tools.sources import GM_PROGRAM_NAMES
+    from morphbox.host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
+    from morphbox.host_tools.sources import GM_PROGRAM_NAMES
     kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity,
           "mode": args.mode, "model": args.model, "seed": args.seed,
           "anchor_corners": not args.no_anchor_corners}
@@ -157,13 +115,14 @@ def cmd_pack_build(args) -> int:
         lo, hi, step = args.anchors
         kw["anchors"] = tuple(range(lo, hi + 1, step))
     t0 = time.time()
-    path = build_pack(args.out, PackSettings(**kw), jobs=args.jobs)
+    out = args.out or f"{args.name}.pack"
+    path = build_pack(out, PackSettings(**kw), jobs=args.jobs)
     print(f"built {path} in {time.time() - t0:.0f} s")
     return 0
 
 
 def cmd_pack_info(args) -> int:
-    from device.pack import load_pack
+    from morphbox.device.packs.format import load_pack
     pack = load_pack(args.pack)
     m = pack.manifest
     size = sum(v["bytes"] for v in m["members"].values())
@@ -180,13 +139,13 @@ def cmd_pack_info(args) -> int:
     for i, name in enumerate(pack.instrument_names):
         print(f"  {i:2d} {name}" + (f"   <- corner {inv[i]}" if i in inv else ""))
     if args.picture:
-        from host_tools.plots import plot_grid
+        from morphbox.host_tools.plots import plot_grid
         print(f"wrote {plot_grid(pack, args.picture)}")
     return 0
 
 
 def cmd_keys_init(args) -> int:
-    from host_tools.flash import keys_init
+    from morphbox.host_tools.flash import keys_init
     path, kid = keys_init(force=args.force)
     print(f"wrote {path} (key {kid}); next, on the laptop: "
           f"morphbox pair --device HOST --token TOKEN")
@@ -194,7 +153,7 @@ def cmd_keys_init(args) -> int:
 
 
 def cmd_pair(args) -> int:
-    from host_tools.flash import pair
+    from morphbox.host_tools.flash import pair
     kid = pair(args.device, args.token, label=args.label)
     print(f"paired key {kid} with {args.device}; flash with: "
           f"morphbox pack flash PACK --device {args.device}")
@@ -202,20 +161,20 @@ def cmd_pair(args) -> int:
 
 
 def cmd_token(args) -> int:
-    from device.packstore import PackStore
+    from morphbox.device.packs.store import PackStore
     print(PackStore(args.state_dir).token)
     return 0
 
 
 def cmd_pack_archive(args) -> int:
-    from host_tools.flash import archive
+    from morphbox.host_tools.flash import archive
     out = archive(args.pack, args.output)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, signed)")
     return 0
 
 
 def cmd_pack_flash(args) -> int:
-    from host_tools.flash import flash
+    from morphbox.host_tools.flash import flash
     a = flash(args.pack, args.device, token=args.token, activate=not args.no_activate,
               show_progress=not args.quiet)
     print(f"installed {a['id']} ({a['bytes'] / 1e6:.1f} MB)"
@@ -224,7 +183,7 @@ def cmd_pack_flash(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from device.pack import DEFAULT_MODEL, DEFAULT_PACK
+    from morphbox.device.packs.format import DEFAULT_MODEL, DEFAULT_PACK
     p = argparse.ArgumentParser(
         prog="morphbox", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="morphbox: a neural synthesizer that morphs between four instruments as "
@@ -259,30 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_play)
 
     sp = sub.add_parser("run", help="run the box's service (audio, inputs) until stopped",
-                        description="Run the device service. With --midi and --path it plays "
-                        "simulated input; without an audio output it renders in real time "
-                        "into nothing, so the service also runs on a laptop.")
-    engine_opts(sp, midi=False)
-    sp.set_defaults(path=None)
-    sp.add_argument("--midi", help="play this MIDI file as input")
-    sp.add_argument("--loop", action="store_true", help="repeat the MIDI file")
-    sp.add_argument("--seconds", type=float, help="stop after this long")
-    sp.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
-    sp.add_argument("--device", help="output device (index or part of its name)")
-    sp.add_argument("--profile", help="hardware profile: sim (simulated touch surface, pots, "
-                    "encoders and OLED), trill, nsynth-super, or a TOML file "
-                    "(docs/hardware.md)")
-    sp.add_argument("--midi-in", action="store_true",
-                    help="play from MIDI inputs: USB (ALSA), JACK, DIN (see docs/midi.md)")
-    sp.add_argument("--midi-config", help="MIDI TOML config (channel, CC map, DIN port)")
-    sp.add_argument("--record", action="store_true",
-                    help="record MIDI, morph and audio from the start")
-    sp.add_argument("--api", action="store_true", help="serve the HTTP API and web page for "
-                    "flashing packs (docs/flashing.md); plays the state dir's active pack")
-    sp.add_argument("--bind", default="127.0.0.1:8750", help="API address HOST[:PORT] "
-                    "(default 127.0.0.1:8750; 0.0.0.0:8750 to reach it from the LAN)")
-    sp.add_argument("--state-dir", help="packs, keys, token, recordings (default "
-                    "$MORPHBOX_STATE_DIR, else ~/.local/state/morphbox)")
+                        description="Run the device service (the same as python -m "
+                        "morphbox.device). With --midi and --path it plays simulated input; "
+                        "without an audio output it renders in real time into nothing, so the "
+                        "service also runs on a laptop.")
+    from morphbox.device.main import add_arguments
+    add_arguments(sp)
     sp.set_defaults(func=cmd_run)
 
     kp = sub.add_parser("keys", help="the laptop's pack-signing key")
@@ -303,8 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", help="default $MORPHBOX_STATE_DIR or ~/.local/state/morphbox")
     sp.set_defaults(func=cmd_token)
 
-    sp = sub.add_parser("record", help="start or stop recording on the running service")
+    sp = sub.add_parser("record", help="start or stop recording on the running service",
+                        description="Asks the running service's HTTP API (run --api) to start "
+                        "or stop recording; the token is read from the state dir unless given.")
     sp.add_argument("action", choices=("start", "stop", "toggle"))
+    sp.add_argument("--device", default="127.0.0.1:8750",
+                    help="the service's API, HOST[:PORT] (default 127.0.0.1:8750)")
+    sp.add_argument("--token", help="pairing token (default: the state dir's, or the one "
+                    "`morphbox pair` saved for --device)")
+    sp.add_argument("--state-dir", help="where the box keeps its token (default "
+                    "$MORPHBOX_STATE_DIR, else ~/.local/state/morphbox)")
     sp.set_defaults(func=cmd_record)
 
     sp = sub.add_parser("devices", help="list audio output devices")
@@ -316,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Render each instrument at every pitch anchor, analyse "
                          "it and build the morph grid. Default: 16 General MIDI instruments "
                          "from FluidR3_GM, 4 per corner.")
-    sp.add_argument("--out", default=str(DEFAULT_PACK), help="pack directory to write "
-                    "(default: the shipped pack)")
+    sp.add_argument("--out", help="pack directory to write (default: ./NAME.pack; the "
+                    "shipped pack is only rewritten when --out names it)")
     sp.add_argument("--name", default="default")
     sp.add_argument("--programs", type=int, nargs="+", metavar="GM",
                     help="General MIDI program numbers 0..127 (instead of the default 16)")
@@ -338,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "%(default)s) or a training run directory (exported to int8)")
     sp.add_argument("--no-anchor-corners", action="store_true",
                     help="neural mode: leave the corners as the decoder reconstructs them "
-                    "(default: corners are the analysed instruments, see device/corners.py)")
+                    "(default: corners are the analysed instruments, see device/engine/corners.py)")
     sp.add_argument("--seed", type=int, default=0,
                     help="neural mode: int8 calibration seed when --model is a run directory")
     sp.set_defaults(func=cmd_pack_build)
@@ -346,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pack", nargs="?", default=str(DEFAULT_PACK))
     sp.add_argument("--picture", metavar="PNG", help="also draw the morph grid")
     sp.set_defaults(func=cmd_pack_info)
-    from host_tools.model.cli import add_parsers
+    from morphbox.host_tools.model.cli import add_parsers
     add_parsers(sub)
     sp = psub.add_parser("archive", help="sign a pack into one .mbpack file")
     sp.add_argument("pack", help="pack directory")
@@ -370,9 +319,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from device.pack import PackError
-    from hardware.errors import HardwareError
-    from host_tools.flash import FlashError
+    from morphbox.device.packs.format import PackError
+    from morphbox.hardware.errors import HardwareError
+    from morphbox.host_tools.flash import FlashError
     try:
         return args.func(args)
     except FlashError as exc:

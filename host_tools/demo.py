@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device.engine import Engine, EngineConfig
-from device.pack import DEFAULT_PACK, grid_from_pack, load_pack
-from device.sim import DEMO_MIDI, midi_events, play, touch_path
+from morphbox.device.engine.voices import Engine, EngineConfig
+from morphbox.device.midi.files import DEMO_MIDI, midi_events, play
+from morphbox.device.packs.format import DEFAULT_PACK, grid_from_pack, load_pack
+from morphbox.device.panel.paths import touch_path
 
 
 def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
@@ -57,7 +58,7 @@ def run_demo(out_dir: str | Path = "out", live: bool | None = None, path: str = 
     ``live``: True = must play (raises if no device), False = never, None = if a device exists.
     Returns a summary dict (paths, durations, peak level).
     """
-    from host_tools.plots import plot_demo
+    from morphbox.host_tools.plots import plot_demo
     config = EngineConfig()
     audio, times, xy, secs = render_piece(midi, pack, path, config)
     out_dir = Path(out_dir)
@@ -69,7 +70,7 @@ def run_demo(out_dir: str | Path = "out", live: bool | None = None, path: str = 
                "render_seconds": round(secs, 2), "peak": float(np.max(np.abs(audio))),
                "played_live": False}
     if live is not False:
-        from device.audio import AudioStream
+        from morphbox.device.engine.audio import AudioStream
         if AudioStream.available():
             _play_buffer(audio, config)
             summary["played_live"] = True
@@ -80,7 +81,7 @@ def run_demo(out_dir: str | Path = "out", live: bool | None = None, path: str = 
 
 def _play_buffer(audio: np.ndarray, config: EngineConfig) -> None:
     """Play a rendered buffer through the live audio stream, block by block."""
-    from device.audio import AudioStream
+    from morphbox.device.engine.audio import AudioStream
     bs = config.block_size
     blocks = iter(range(0, len(audio) - bs + 1, bs))
     silence = np.zeros((bs, config.channels), np.float32)

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from device.archive import SUFFIX, ArchiveError, key_id, peek_header, public_raw, write_archive
+from morphbox.device.common import atomic_write
+from morphbox.device.packs.archive import (
+    SUFFIX,
+    ArchiveError,
+    key_id,
+    peek_header,
+    public_raw,
+    write_archive,
+)
 
 DEFAULT_PORT = 8750
 CHUNK = 1 << 16
@@ -58,10 +66,7 @@ def keys_init(force: bool = False, directory: Path | None = None) -> tuple[Path,
                          f"{key_id(public_raw(load_key(d)))}); use --force to replace it")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.replace(path.with_suffix(".tmp"), path)
+    atomic_write(path, pem, mode=0o600)
     (d / "signing_key.pub").write_text(public_raw(key).hex() + "\n")
     return path, key_id(public_raw(key))
 
@@ -203,10 +208,7 @@ def pair(device: str, token: str, label: str | None = None,
         data = {}
     data[dev.where] = {"token": token, "key_id": kid}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path.with_suffix(".tmp"), path)
+    atomic_write(path, json.dumps(data, indent=1).encode(), mode=0o600)
     return kid
 
 
@@ -273,3 +275,21 @@ def flash(pack: str | os.PathLike, device: str, token: str | None = None,
         else:
             answer = dev.upload(path, file)
     return {**answer, "bytes": size}
+
+
+def record(action: str, device: str = "127.0.0.1:8750", token: str | None = None,
+           state_dir: str | None = None) -> dict:
+    """Start, stop or toggle recording on a running service through its HTTP API
+    (``POST /api/recording``); returns the recorder's status. The token is ``token``, else the
+    box's own token file in ``state_dir`` (on the box itself), else the one
+    :func:`pair` saved for ``device``. Raises :class:`FlashError` (unreachable, refused)."""
+    from morphbox.device.common import state_dir as find_state_dir
+    if action not in ("start", "stop", "toggle"):
+        raise FlashError(f"record action must be start, stop or toggle, not {action!r}")
+    if token is None:
+        try:
+            token = (find_state_dir(state_dir) / "token").read_text().strip() or None
+        except OSError:
+            token = None
+    dev = Device.of(device, token)
+    return dev.request("POST", "/api/recording", json.dumps({"action": action}).encode())

@@ -8,8 +8,8 @@ turns each instrument's analysed frames at each pitch anchor into z (16 per fram
 int8 with one scale per note (``instruments_z``, ``instruments_z_scale``); each grid point's
 z is the corners' z mixed with bilinear weights and every grid point at every anchor is
 decoded (one batched call of the pack's own ``decoder.tflite``, the very function the device
-uses: :func:`device.corners.neural_grid_codes`) to the same ``grid_*`` dB codes the engine
-plays. Deterministic: TFLite inference is, and the only random choice (int8 calibration
+uses: :func:`morphbox.device.engine.corners.neural_grid_codes`) to the same ``grid_*`` dB codes the
+engine plays. Deterministic: TFLite inference is, and the only random choice (int8 calibration
 crops when a run directory is exported) is drawn from ``settings.seed``.
 
 Every source note is checked with pyin: the deviation from its MIDI pitch is stored in the pack
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from device.pack import DEFAULT_PACK, write_pack
-from kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
-from kernels.grid import CORNERS, spectral_grid
-from kernels.pitch import midi_to_hz
-from kernels.quant import amplitude_to_db, dequantize_db, quantize_db
+from morphbox.device.packs.format import DEFAULT_PACK, write_pack
+from morphbox.kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
+from morphbox.kernels.grid import CORNERS, spectral_grid
+from morphbox.kernels.pitch import midi_to_hz
+from morphbox.kernels.quant import amplitude_to_db, dequantize_db, quantize_db
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ DEFAULT_PROGRAMS = {
 
 
 def default_instruments() -> list[InstrumentSpec]:
-    from host_tools.sources import GM_PROGRAM_NAMES
+    from morphbox.host_tools.sources import GM_PROGRAM_NAMES
     return [InstrumentSpec(GM_PROGRAM_NAMES[p], program=p)
             for c in CORNERS for p in DEFAULT_PROGRAMS[c]]
 
@@ -114,7 +114,7 @@ class InstrumentAnalysis:
 
 def _analyse(audio: np.ndarray, sample_rate: int, pitch: float, settings: PackSettings,
              check: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    from host_tools.sources import pitch_error_cents
+    from morphbox.host_tools.sources import pitch_error_cents
     cents = pitch_error_cents(audio, sample_rate, pitch) if check else float("nan")
     f0 = float(midi_to_hz(pitch))
     if np.isfinite(cents) and abs(cents) < 50:
@@ -134,9 +134,9 @@ def analyse_instrument(spec: InstrumentSpec, settings: PackSettings) -> Instrume
     is used (its partial distribution carries over to the anchor's pitch). An anchor outside
     the instrument's range (it renders silence) borrows the nearest playable anchor's frames
     and is marked ``borrowed`` in the manifest.
-    Raises ``host_tools.sources.SourceError`` for unusable sources.
+    Raises ``morphbox.host_tools.sources.SourceError`` for unusable sources.
     """
-    from host_tools.sources import (
+    from morphbox.host_tools.sources import (
         SOURCE_SAMPLE_RATE,
         SoundFontRenderer,
         SourceError,
@@ -185,11 +185,11 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
     """Build the pack described by ``settings`` into directory ``out``; returns its path.
 
     Instruments are analysed in ``jobs`` worker processes (default: CPU count) with a rich
-    progress bar. The write is atomic (:func:`device.pack.write_pack`).
+    progress bar. The write is atomic (:func:`morphbox.device.packs.format.write_pack`).
     """
     from rich.progress import Progress
 
-    from host_tools import __version__
+    from morphbox.host_tools import __version__
     settings = settings or PackSettings()
     if settings.mode not in ("spectral", "neural"):
         raise ValueError(f"pack mode {settings.mode!r} is not available in this build")
@@ -279,9 +279,9 @@ class NeuralModel:
 
 _EXPORT = """
 import sys
-from host_tools.model.dataset import load_split
-from host_tools.model.export import export_tflite, representative_samples
-from host_tools.model.train import load_models
+from morphbox.host_tools.model.dataset import load_split
+from morphbox.host_tools.model.export import export_tflite, representative_samples
+from morphbox.host_tools.model.train import load_models
 run, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 enc, dec, cfg = load_models(run)
 rep = representative_samples(enc, load_split(cfg.dataset, "train"), n=64, seed=seed)
@@ -296,12 +296,12 @@ def _tflite_quantization(interp) -> str:
 
 def resolve_model(model: str | os.PathLike, seed: int = 0) -> NeuralModel:
     """Load ``model``: a ``.tflite`` file with ``encode`` and ``decode`` signatures (as
-    :func:`host_tools.model.export.export_tflite` writes by default), or a finished training
-    run directory, which is exported to full-integer int8 (calibration crops drawn with
+    :func:`morphbox.host_tools.model.export.export_tflite` writes by default), or a finished
+    training run directory, which is exported to full-integer int8 (calibration crops drawn with
     ``seed`` from the run's dataset) into ``run_dir/pack_int8_seed{seed}.tflite`` (reused
     while newer than the weights). The export runs TensorFlow in a subprocess: this process
     uses only the TFLite runtime. Raises ``ValueError`` with the reason."""
-    from device.neural import ModelError, NeuralDecoder, _interpreter_class
+    from morphbox.device.packs.neural import ModelError, NeuralDecoder, _interpreter_class
     path = Path(model)
     if path.is_dir():
         out = path / f"pack_int8_seed{seed}.tflite"
@@ -349,7 +349,7 @@ def encode_notes(model: NeuralModel, harm: np.ndarray, noise: np.ndarray,
     """z ``(N, A, F, Z)`` float32 of every note (one batched call of the ``encode``
     signature): ``harm``/``noise`` dB codes ``(N, A, F, K|B)``, ``loudness`` dB ``(N, A, F)``,
     ``pitches`` ``(N, A)`` MIDI pitch each note was analysed at."""
-    from device.neural import _interpreter_class
+    from morphbox.device.packs.neural import _interpreter_class
     interp = _interpreter_class()(model_content=model.tflite, num_threads=threads)
     run = interp.get_signature_runner("encode")
     n, a, f = loudness.shape
@@ -367,9 +367,9 @@ def neural_members(model: NeuralModel, harm, noise, loudness, pitches,
     neural pack: encode, quantise z, decode the grid of ``settings.corners`` with the very
     decoder the pack carries (the device's rebuild for these corners gives the same grid),
     corners anchored to the analysed instruments if ``settings.anchor_corners``
-    (:mod:`device.corners`)."""
-    from device.corners import neural_grid_codes
-    from device.neural import NeuralDecoder
+    (:mod:`morphbox.device.engine.corners`)."""
+    from morphbox.device.engine.corners import neural_grid_codes
+    from morphbox.device.packs.neural import NeuralDecoder
     threads = threads or os.cpu_count() or 1
     codes, scale = quantize_z(encode_notes(model, harm, noise, loudness, pitches, threads))
     z = codes.astype(np.float32) * scale[:, :, None, None]

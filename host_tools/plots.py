@@ -30,7 +30,7 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
               out: str | Path, title: str = "") -> Path:
     """Spectrogram (dB, 0..8 kHz) of mono ``audio`` above the touch path (x, y vs time) and
     the corner weights it implies. Writes a PNG; returns its path."""
-    from kernels.grid import CORNERS, corner_weights
+    from morphbox.kernels.grid import CORNERS, corner_weights
     plt = pyplot()
     fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(12, 7.5), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 1, 1]})
@@ -60,10 +60,11 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
 
 
 def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.0) -> Path:
-    """The morph grid of ``pack`` (a :class:`device.pack.Pack`): at each grid point the
+    """The morph grid of ``pack`` (a :class:`morphbox.device.packs.format.Pack`): at each grid
+    point the
     partial amplitudes (dB) of the anchor nearest ``anchor_pitch``, one frame at ``frame_s``;
     corners labelled with their instruments. Writes a PNG; returns its path."""
-    from device.pack import grid_from_pack
+    from morphbox.device.packs.format import grid_from_pack
     plt = pyplot()
     grid = grid_from_pack(pack)
     a = int(np.argmin(np.abs(grid.anchors - anchor_pitch)))

@@ -14,7 +14,7 @@ exponentials at ``k * f0`` (a heterodyne estimate for known f0), which resolves 
 notes that an FFT peak picker cannot; the window spans at least four periods. The noise part is
 measured on the residual: the note minus the overlap-added harmonic fit.
 
-Noise magnitude convention (shared with :mod:`kernels.noise`): ``m[b]`` is the gain that,
+Noise magnitude convention (shared with :mod:`morphbox.kernels.noise`): ``m[b]`` is the gain that,
 applied to unit-variance white noise at the analysis sample rate in linear band ``b`` (width
 ``nyquist / bands``), reproduces the residual's power in that band.
 """

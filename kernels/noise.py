@@ -5,7 +5,7 @@ whose band power is the sum of the voices' band powers: one inverse FFT per bloc
 one per voice. Frames of ``2 * block`` samples with a sine (sqrt-Hann) window at 50 % overlap
 keep the noise variance constant across frames.
 
-Band gains follow :mod:`kernels.analysis`: gain ``m`` on unit-variance white noise at the
+Band gains follow :mod:`morphbox.kernels.analysis`: gain ``m`` on unit-variance white noise at the
 *source* rate over linear bands covering 0..source Nyquist; rendered at another rate the gain
 becomes ``m * sqrt(sample_rate / source_rate)`` so the absolute spectral density is kept.
 """

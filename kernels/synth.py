@@ -1,13 +1,13 @@
 """Harmonic plus filtered-noise synthesis of a whole note from per-frame controls.
 
 Pure numpy; the offline (note-at-once) counterpart of the engine's wavetable voices, and the
-reference that the differentiable TensorFlow version (``host_tools.model.ddsp_tf``) is tested
-against. The model follows DDSP (Engel et al., "DDSP: Differentiable Digital Signal
+reference that the differentiable TensorFlow version (``morphbox.host_tools.model.ddsp_tf``) is
+tested against. The model follows DDSP (Engel et al., "DDSP: Differentiable Digital Signal
 Processing", ICLR 2020): an additive synthesiser driven by f0, a total amplitude and a
 harmonic distribution, plus white noise shaped by time-varying band gains.
 
-Controls are the ones :mod:`kernels.analysis` measures, at ``frame_rate`` frames per second,
-frame ``i`` centred ``i / frame_rate`` s after note start:
+Controls are the ones :mod:`morphbox.kernels.analysis` measures, at ``frame_rate`` frames per
+second, frame ``i`` centred ``i / frame_rate`` s after note start:
 
 * ``f0_hz`` ``(frames,)`` Hz,
 * ``amplitude`` ``(frames,)`` linear sum of the partial amplitudes,
@@ -20,8 +20,8 @@ Controls are upsampled from frames to samples by linear interpolation between fr
 (held before frame 0's centre and after the last one). A partial is silent at every sample
 where ``k f0 >= sample_rate / 2`` (the analysis sets those harmonics to 0 as well).
 
-Noise part (convention of :mod:`kernels.analysis`): gain ``m[b]`` applied to unit-variance white
-noise in linear band ``b`` of width ``(sample_rate / 2) / B``. The white noise is cut into
+Noise part (convention of :mod:`morphbox.kernels.analysis`): gain ``m[b]`` applied to unit-variance
+white noise in linear band ``b`` of width ``(sample_rate / 2) / B``. The white noise is cut into
 frames of ``2 * hop`` samples centred on the frame centres, windowed with a periodic Hann
 window (which sums to exactly 1 at 50 % overlap), each frame's spectrum is multiplied by its
 band gains, and the frames are overlap-added. With constant gains this returns the noise
@@ -95,7 +95,7 @@ def _sum_partials(cycles: np.ndarray, amps: np.ndarray, k: np.ndarray,
 
 def band_of_bins(n_fft: int, n_bands: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Band index of each rfft bin of an ``n_fft`` frame, ``(n_fft // 2 + 1,)`` int64 (the
-    Nyquist bin joins the last band, as in :func:`kernels.analysis.noise_magnitudes`)."""
+    Nyquist bin joins the last band, as in :func:`morphbox.kernels.analysis.noise_magnitudes`)."""
     freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     return np.minimum((freqs / (0.5 * sample_rate) * n_bands).astype(np.int64), n_bands - 1)
 

@@ -21,8 +21,8 @@ def _fail(exc: Exception, code: int = 1) -> int:
 
 
 def cmd_dataset_build(args) -> int:
-    from host_tools.model.dataset import DatasetConfig, DatasetError, build_dataset
-    from host_tools.sources import SourceError
+    from morphbox.host_tools.model.dataset import DatasetConfig, DatasetError, build_dataset
+    from morphbox.host_tools.sources import SourceError
     try:
         settings = {}
         if args.config:
@@ -45,8 +45,8 @@ def cmd_dataset_build(args) -> int:
 
 
 def cmd_model_train(args) -> int:
-    from host_tools.model.dataset import DatasetError
-    from host_tools.model.train import TrainConfig, TrainError, load_config, train
+    from morphbox.host_tools.model.dataset import DatasetError
+    from morphbox.host_tools.model.train import TrainConfig, TrainError, load_config, train
     try:
         overrides = {"dataset": args.dataset, "run_dir": args.run_dir, "steps": args.steps,
                      "seed": args.seed}
@@ -66,9 +66,9 @@ def cmd_model_train(args) -> int:
 
 
 def cmd_model_export(args) -> int:
-    from host_tools.model.dataset import DatasetError, load_split
-    from host_tools.model.export import ExportError, export_tflite, representative_samples
-    from host_tools.model.train import TrainError, load_models
+    from morphbox.host_tools.model.dataset import DatasetError, load_split
+    from morphbox.host_tools.model.export import ExportError, export_tflite, representative_samples
+    from morphbox.host_tools.model.train import TrainError, load_models
     try:
         encoder, decoder, config = load_models(args.run_dir)
         rep = None
@@ -84,10 +84,10 @@ def cmd_model_export(args) -> int:
 
 
 def cmd_model_eval(args) -> int:
-    from host_tools.model.dataset import DatasetError
-    from host_tools.model.evaluate import EvalError, evaluate
-    from host_tools.model.train import TrainError
-    from host_tools.sources import SourceError
+    from morphbox.host_tools.model.dataset import DatasetError
+    from morphbox.host_tools.model.evaluate import EvalError, evaluate
+    from morphbox.host_tools.model.train import TrainError
+    from morphbox.host_tools.sources import SourceError
     try:
         res = evaluate(args.models, args.dataset, args.out, max_notes=args.notes,
                        morph=tuple(args.morph) if args.morph else None, seed=args.seed,

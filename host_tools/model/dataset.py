@@ -1,9 +1,9 @@
 """An NSynth-style note dataset stored as analysis features.
 
-Notes are rendered from FluidR3_GM (:class:`host_tools.sources.SoundFontRenderer`: 4 s at
+Notes are rendered from FluidR3_GM (:class:`morphbox.host_tools.sources.SoundFontRenderer`: 4 s at
 16 kHz, held 3 s) for a list of GM programs x pitches x velocities, or loaded from WAV folders
-(:func:`host_tools.sources.load_wav_folder`, one folder = one instrument), analysed with
-:func:`kernels.analysis.analyze_note` and stored as features only (like a pack; no audio):
+(:func:`morphbox.host_tools.sources.load_wav_folder`, one folder = one instrument), analysed with
+:func:`morphbox.kernels.analysis.analyze_note` and stored as features only (like a pack; no audio):
 
 ``out/dataset.json``
     ``{"format": "morphbox-dataset", "version": 1, "frame_rate", "sample_rate", "frames",
@@ -14,7 +14,7 @@ Notes are rendered from FluidR3_GM (:class:`host_tools.sources.SoundFontRenderer
 =================  ==============  ===================================================
 ``f0_hz``          float32 (M,)    the note's f0, Hz (MIDI pitch, refined by pyin if asked)
 ``loudness_db``    float32 (M, F)  A-weighted loudness, dB
-``harmonics``      uint8 (M, F, K) partial amplitudes, dB codes (:mod:`kernels.quant`)
+``harmonics``      uint8 (M, F, K) partial amplitudes, dB codes (:mod:`morphbox.kernels.quant`)
 ``noise``          uint8 (M, F, B) noise band gains, dB codes
 ``pitch``          int16 (M,)      MIDI pitch
 ``velocity``       int16 (M,)      MIDI velocity
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
-from kernels.pitch import midi_to_hz
-from kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
+from morphbox.kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
+from morphbox.kernels.pitch import midi_to_hz
+from morphbox.kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
 
 FORMAT = "morphbox-dataset"
 VERSION = 1
@@ -115,7 +115,7 @@ class Features:
 
 def _note_row(audio: np.ndarray, pitch: int, velocity: int, instrument: int,
               pitch_check: bool, frame_rate: float) -> dict:
-    from host_tools.sources import SOURCE_SAMPLE_RATE, pitch_error_cents
+    from morphbox.host_tools.sources import SOURCE_SAMPLE_RATE, pitch_error_cents
     f0 = float(midi_to_hz(pitch))
     if pitch_check:
         cents = pitch_error_cents(audio, SOURCE_SAMPLE_RATE, pitch)
@@ -159,12 +159,12 @@ def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(
 
     Shows a rich progress bar (``progress``). Writes shards then ``dataset.json`` last (a
     directory without it is incomplete). Returns ``out``. Raises :class:`DatasetError` for a
-    bad setting or an instrument with no playable note, ``host_tools.sources.SourceError``
+    bad setting or an instrument with no playable note, ``morphbox.host_tools.sources.SourceError``
     for an unusable SoundFont / WAV folder.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from host_tools.sources import (
+    from morphbox.host_tools.sources import (
         GM_PROGRAM_NAMES,
         SoundFontRenderer,
         SourceError,

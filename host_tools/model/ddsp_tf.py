@@ -1,6 +1,6 @@
 """Differentiable harmonic plus filtered-noise synthesis in TensorFlow.
 
-The batched TensorFlow mirror of :mod:`kernels.synth` (DDSP, Engel et al., "DDSP:
+The batched TensorFlow mirror of :mod:`morphbox.kernels.synth` (DDSP, Engel et al., "DDSP:
 Differentiable Digital Signal Processing", ICLR 2020): same upsampling (linear between frame
 centres, held at the ends), same partial phases (``sin(k phi)``, phase 0 at sample 0), same
 Nyquist rule (a partial is silent wherever ``k f0 >= sample_rate / 2``), same noise filter
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kernels.synth import FRAME_RATE, SAMPLE_RATE, band_of_bins, hann, hop_size
+from morphbox.kernels.synth import FRAME_RATE, SAMPLE_RATE, band_of_bins, hann, hop_size
 
 
 def _upsample_indices(n_frames: int, n_samples: int, sample_rate: int, frame_rate: float):
@@ -34,7 +34,7 @@ def _upsample_indices(n_frames: int, n_samples: int, sample_rate: int, frame_rat
 def upsample(frames: tf.Tensor, n_samples: int, sample_rate: int = SAMPLE_RATE,
              frame_rate: float = FRAME_RATE) -> tf.Tensor:
     """``(B, F)`` or ``(B, F, C)`` -> ``(B, S)`` or ``(B, S, C)``: linear interpolation between
-    frame centres, as :func:`kernels.synth.upsample`. ``F`` must be static."""
+    frame centres, as :func:`morphbox.kernels.synth.upsample`. ``F`` must be static."""
     n_frames = frames.shape[1]
     i0, i1, frac = _upsample_indices(n_frames, n_samples, sample_rate, frame_rate)
     frac = tf.constant(frac, frames.dtype)
@@ -67,7 +67,7 @@ def harmonic_synth(f0_hz: tf.Tensor, amplitude: tf.Tensor, harmonic_distribution
 def noise_synth(noise_magnitudes: tf.Tensor, noise: tf.Tensor, sample_rate: int = SAMPLE_RATE,
                 frame_rate: float = FRAME_RATE) -> tf.Tensor:
     """Filtered noise ``(B, S)`` from band gains ``(B, F, N)`` and white noise ``(B, S)``
-    (unit variance), as :func:`kernels.synth.noise_synth`. ``F``, ``N``, ``S`` static."""
+    (unit variance), as :func:`morphbox.kernels.synth.noise_synth`. ``F``, ``N``, ``S`` static."""
     hop = hop_size(sample_rate, frame_rate)
     n_src, n_bands = noise_magnitudes.shape[1], noise_magnitudes.shape[2]
     n = noise.shape[1]
@@ -90,7 +90,7 @@ def synthesize(f0_hz: tf.Tensor, amplitude: tf.Tensor, harmonic_distribution: tf
     """Harmonic plus noise audio ``(B, S)``, ``S = noise.shape[1]`` (shapes: module docstring).
 
     Pass white noise explicitly (``tf.random.stateless_normal`` in training, the same array as
-    :func:`kernels.synth.synthesize` in tests)."""
+    :func:`morphbox.kernels.synth.synthesize` in tests)."""
     n = noise.shape[1]
     return (harmonic_synth(f0_hz, amplitude, harmonic_distribution, n, sample_rate, frame_rate)
             + noise_synth(noise_magnitudes, noise, sample_rate, frame_rate))

@@ -4,15 +4,15 @@ For the test-split instruments of a dataset (never seen in training) every note 
 again from its source (FluidR3_GM program or WAV folder), so the measures compare with the
 *original audio*, not with the stored features:
 
-* **analysis-resynthesis bound**: :func:`kernels.analysis.analyze_note` of the original,
-  float features, rendered by :func:`kernels.synth.synthesize`; what the synthesiser can reach
-  from the true features, so no model can be expected to do better.
+* **analysis-resynthesis bound**: :func:`morphbox.kernels.analysis.analyze_note` of the original,
+  float features, rendered by :func:`morphbox.kernels.synth.synthesize`; what the synthesiser can
+  reach from the true features, so no model can be expected to do better.
 * **spectral mode** (the pack's corner-mixing baseline): the same features quantised to the
-  pack's 0.5 dB codes (:mod:`kernels.quant`); for a reconstruction the mixing weights are
+  pack's 0.5 dB codes (:mod:`morphbox.kernels.quant`); for a reconstruction the mixing weights are
   (1, 0, 0, 0), so this is what a spectral pack plays for a corner instrument.
 * **model** (each given run directory or ``.tflite`` file): the stored (0.5 dB) features
   encoded to z and decoded from (z, f0, loudness); TFLite files are decoded with
-  :class:`device.neural.NeuralDecoder`, i.e. the device's own code path.
+  :class:`morphbox.device.packs.neural.NeuralDecoder`, i.e. the device's own code path.
 
 All variants of a note are rendered with the same white noise. Measures, per note:
 
@@ -20,10 +20,11 @@ All variants of a note are rendered with the same white noise. Measures, per not
   P^)^2)`` per STFT frame (1024-point Hann, hop 256, 0..8 kHz), both spectra clipped 80 dB
   below the original's strongest bin, averaged over the frames whose energy is within 60 dB
   of the note's loudest frame.
-* **pitch error** (cents): ``|host_tools.sources.pitch_error_cents|`` (narrow pyin) of the
+* **pitch error** (cents): ``|morphbox.host_tools.sources.pitch_error_cents|`` (narrow pyin) of the
   resynthesis against the note's f0.
 * **loudness error** (dB): mean ``|loudness_db(resynthesis) - loudness_db(original)|`` over
-  the frames within 60 dB of the loudest one (A-weighted, :func:`kernels.analysis.loudness_db`).
+  the frames within 60 dB of the loudest one (A-weighted,
+  :func:`morphbox.kernels.analysis.loudness_db`).
 
 Also: float32 vs int8 decoder outputs, and spectrograms of a latent morph (z interpolated
 between two test instruments over the note) next to a plain crossfade and the spectral
@@ -41,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from host_tools.plots import pyplot, save_figure
-from kernels.analysis import analyze_note, loudness_db
-from kernels.pitch import hz_to_midi
-from kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
-from kernels.synth import SAMPLE_RATE, controls_from_db, synthesize
+from morphbox.host_tools.plots import pyplot, save_figure
+from morphbox.kernels.analysis import analyze_note, loudness_db
+from morphbox.kernels.pitch import hz_to_midi
+from morphbox.kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
+from morphbox.kernels.synth import SAMPLE_RATE, controls_from_db, synthesize
 
 LSD_FFT, LSD_HOP = 1024, 256
 LSD_CLIP_DB = 80.0
@@ -92,7 +93,7 @@ def loudness_error_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 def pitch_error(audio: np.ndarray, midi: float) -> float:
     """``|pitch_error_cents|`` of a note (nan when pyin finds no voiced frame)."""
-    from host_tools.sources import pitch_error_cents
+    from morphbox.host_tools.sources import pitch_error_cents
     return abs(float(pitch_error_cents(np.asarray(audio, np.float64), SAMPLE_RATE, midi)))
 
 
@@ -114,7 +115,7 @@ class _Model:
 
 class _KerasModel(_Model):
     def __init__(self, run_dir: Path):
-        from host_tools.model.train import load_models
+        from morphbox.host_tools.model.train import load_models
         self.encoder, self.decoder, _ = load_models(run_dir)
         self.label, self.kind = f"keras ({run_dir.name})", "keras"
 
@@ -129,7 +130,7 @@ class _KerasModel(_Model):
 
 class _TfliteModel(_Model):
     def __init__(self, path: Path):
-        from device.neural import ModelError, NeuralDecoder, _interpreter_class
+        from morphbox.device.packs.neural import ModelError, NeuralDecoder, _interpreter_class
         try:
             self.decoder = NeuralDecoder(path)
         except ModelError as exc:
@@ -186,8 +187,8 @@ class _Notes:
 
 
 def _load_test_notes(dataset, max_notes: int | None, seed: int) -> _Notes:
-    from host_tools.model.dataset import load_split, read_index
-    from host_tools.sources import SoundFontRenderer, load_wav_folder
+    from morphbox.host_tools.model.dataset import load_split, read_index
+    from morphbox.host_tools.sources import SoundFontRenderer, load_wav_folder
 
     index = read_index(dataset)
     feats = load_split(dataset, "test")
@@ -298,7 +299,7 @@ def evaluate(run_or_model_paths, dataset, out_md: str | os.PathLike = "docs/mode
     pitch errors (pyin; the slowest part).
 
     Returns the results as a dict (the numbers of the report).
-    Raises :class:`EvalError`, :class:`host_tools.model.dataset.DatasetError`.
+    Raises :class:`EvalError`, :class:`morphbox.host_tools.model.dataset.DatasetError`.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -493,7 +494,7 @@ def _plot_morph(model: _Model, notes: _Notes, morph, pitch: int, seed: int, path
     a = alpha[:, None]
     spectral = _render_db(f0, (1 - a) * notes.harmonic_db[ia] + a * notes.harmonic_db[ib],
                           (1 - a) * notes.noise_db[ia] + a * notes.noise_db[ib], noise)
-    from kernels.synth import upsample
+    from morphbox.kernels.synth import upsample
     w = upsample(alpha, notes.audio.shape[1]).astype(np.float32)
     cross = (1 - w) * notes.audio[ia] + w * notes.audio[ib]
     fig, axes = plt.subplots(5, 1, figsize=(11, 13), sharex=True)

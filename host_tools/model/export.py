@@ -7,10 +7,10 @@ One ``.tflite`` file holds named signatures (a subset of):
 * ``encode``: inputs ``f0_midi``, ``loudness_db`` ``(B, T)``, ``harmonic_db`` ``(B, T, 64)``,
   ``noise_db`` ``(B, T, 32)``; output ``z`` ``(B, T, 16)``
 
-(units: :mod:`host_tools.model.network`). ``B`` and ``T`` are dynamic (-1 in the shape
+(units: :mod:`morphbox.host_tools.model.network`). ``B`` and ``T`` are dynamic (-1 in the shape
 signature); the runtime resizes inputs per call. Converted models reorder inputs and lose
 output names (REFERENCE.md), so callers must use ``interpreter.get_signature_runner(key)``
-with named arguments, as :mod:`device.neural` does.
+with named arguments, as :mod:`morphbox.device.packs.neural` does.
 
 Quantisation:
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from host_tools.model.network import DECODE_INPUTS, ENCODE_INPUTS
+from morphbox.host_tools.model.network import DECODE_INPUTS, ENCODE_INPUTS
 
 QUANTIZATIONS = ("float32", "int8")
 SIGNATURES = ("decode", "encode")
@@ -93,10 +93,11 @@ def _module(encoder, decoder, signatures):
 
 
 def representative_samples(encoder, feats, n: int = 64, frames: int = 50, seed: int = 0):
-    """``n`` calibration samples per signature from :class:`~host_tools.model.dataset.Features`:
+    """``n`` calibration samples per signature from
+    :class:`~morphbox.host_tools.model.dataset.Features`:
     a list of ``(signature_key, {input: (1, frames, ...) float32})``, random crops of random
     notes (seeded), with z from ``encoder`` for ``decode``."""
-    from kernels.pitch import hz_to_midi
+    from morphbox.kernels.pitch import hz_to_midi
 
     rng = np.random.default_rng(seed)
     frames = min(frames, feats.loudness_db.shape[1])

@@ -6,7 +6,7 @@ stacks of *causal* dilated Conv1D layers with residual connections (no GRU: REFE
 Keras GRU needs a fixed batch and crashed int8 calibration), so a frame's output depends only
 on the current and past frames and the whole thing converts to full-integer int8 TFLite.
 
-Frames are the analysis frames of :mod:`kernels.analysis` (50 per second at 16 kHz).
+Frames are the analysis frames of :mod:`morphbox.kernels.analysis` (50 per second at 16 kHz).
 
 Encoder ``encode(f0_midi, loudness_db, harmonic_db, noise_db) -> z``:
 
@@ -16,9 +16,9 @@ Encoder ``encode(f0_midi, loudness_db, harmonic_db, noise_db) -> z``:
 * ``z`` ``(B, T, 16)`` in -1..1 (tanh), one per frame.
 
 Decoder ``decode(z, f0_midi, loudness_db) -> amplitude_db, harmonic_db, noise_db``: each head
-is a sigmoid scaled to its range in :mod:`kernels.synth` (``AMPLITUDE_DB_RANGE`` etc.), so
+is a sigmoid scaled to its range in :mod:`morphbox.kernels.synth` (``AMPLITUDE_DB_RANGE`` etc.), so
 int8 outputs keep ~0.5 dB resolution over the whole range. This is a "normalised sigmoid"
-harmonic distribution in the dB domain: :func:`kernels.synth.controls_from_db` (numpy) and
+harmonic distribution in the dB domain: :func:`morphbox.kernels.synth.controls_from_db` (numpy) and
 :func:`controls_from_db` (TF) normalise it. A softmax was not used because an int8 softmax
 output (scale 1/256) would flush every partial more than ~48 dB below the strongest to zero.
 
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import keras
 import tensorflow as tf
 
-from kernels.synth import AMPLITUDE_DB_RANGE, HARMONIC_DB_RANGE, NOISE_DB_RANGE
+from morphbox.kernels.synth import AMPLITUDE_DB_RANGE, HARMONIC_DB_RANGE, NOISE_DB_RANGE
 
 Z_DIMS = 16
 N_HARMONICS = 64
@@ -135,7 +135,8 @@ def build_decoder(config: ModelConfig = ModelConfig()) -> keras.Model:
 
 def controls_from_db(outputs: dict) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Decoder outputs -> ``(amplitude (B, T), harmonic_distribution (B, T, K),
-    noise_magnitudes (B, T, N))`` linear; TF twin of :func:`kernels.synth.controls_from_db`."""
+    noise_magnitudes (B, T, N))`` linear; TF twin of
+    :func:`morphbox.kernels.synth.controls_from_db`."""
     ln10_20 = tf.math.log(10.0) / 20.0
     amp = tf.exp(outputs["amplitude_db"] * ln10_20)
     rel = tf.exp(outputs["harmonic_db"] * ln10_20)

@@ -2,12 +2,13 @@
 
 Each step takes a batch of random crops (``crop_frames`` frames) of training notes, encodes
 their features to z, decodes (z, f0, loudness) to synthesis controls, renders them with
-:mod:`host_tools.model.ddsp_tf`, and compares the audio with the analysis-resynthesis of the
+:mod:`morphbox.host_tools.model.ddsp_tf`, and compares the audio with the analysis-resynthesis of
+the
 *true* features rendered with the same white noise (so the noise part is compared like for
-like), by the multi-resolution spectral loss (:mod:`host_tools.model.losses`), plus
+like), by the multi-resolution spectral loss (:mod:`morphbox.host_tools.model.losses`), plus
 ``feature_weight`` x the mean absolute error of the partial and noise levels in dB / 120
 (this term speeds up the start of training), plus ``loudness_weight`` x the mean absolute
-difference of the frame energies in dB (:func:`host_tools.model.losses.loudness_loss`; it
+difference of the frame energies in dB (:func:`morphbox.host_tools.model.losses.loudness_loss`; it
 keeps weak partials and decays from coming out too loud).
 
 The learning rate follows ``lr_schedule``: ``"constant"``, ``"cosine"`` (cosine decay from
@@ -16,7 +17,7 @@ The learning rate follows ``lr_schedule``: ``"constant"``, ``"cosine"`` (cosine 
 which the checkpoints hold, so a resumed run continues on the same curve (as long as
 ``steps`` is unchanged).
 
-The dataset holds features, not audio (see :mod:`host_tools.model.dataset`); the target is
+The dataset holds features, not audio (see :mod:`morphbox.host_tools.model.dataset`); the target is
 therefore the analysis-resynthesis, which is also the bound the evaluation compares against.
 
 Reproducible and resumable: the batch and noise of step ``n`` are drawn from
@@ -45,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from host_tools.model.network import ModelConfig
-from kernels.pitch import hz_to_midi
-from kernels.synth import hop_size
+from morphbox.host_tools.model.network import ModelConfig
+from morphbox.kernels.pitch import hz_to_midi
+from morphbox.kernels.synth import hop_size
 
 HOP = hop_size()
 
@@ -63,7 +64,7 @@ class TrainError(Exception):
 class TrainConfig:
     """Training settings (a TOML/JSON file with these keys; ``[model]`` for :class:`ModelConfig`).
 
-    ``dataset``: dataset directory (:func:`host_tools.model.dataset.build_dataset`).
+    ``dataset``: dataset directory (:func:`morphbox.host_tools.model.dataset.build_dataset`).
     ``run_dir``: where checkpoints, history and weights go. ``steps``: total optimiser steps
     (a resumed run continues up to this). ``crop_frames``: frames per training example.
     ``fft_sizes``: of the spectral loss (each <= crop_frames * 320 samples).
@@ -165,9 +166,9 @@ def make_loss_fn(encoder, decoder, config: TrainConfig):
     """``loss(batch) -> (total, spectral, feature)`` scalars for a batch of :class:`_Data`."""
     import tensorflow as tf
 
-    from host_tools.model import ddsp_tf
-    from host_tools.model.losses import loudness_loss, spectral_loss
-    from host_tools.model.network import controls_from_db
+    from morphbox.host_tools.model import ddsp_tf
+    from morphbox.host_tools.model.losses import loudness_loss, spectral_loss
+    from morphbox.host_tools.model.network import controls_from_db
 
     def loss(b):
         b = {k: tf.convert_to_tensor(v) for k, v in b.items()}
@@ -216,13 +217,13 @@ def train(config: TrainConfig, progress: bool = True) -> list[dict]:
     """Train (or resume) per ``config``; returns the history: one dict per logged step
     ``{"step", "loss", "spectral", "feature", "seconds"}`` plus ``"valid_loss"`` entries at
     checkpoints when the dataset has a validation split. Raises :class:`TrainError` and
-    :class:`host_tools.model.dataset.DatasetError`."""
+    :class:`morphbox.host_tools.model.dataset.DatasetError`."""
     import keras
     import tensorflow as tf
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from host_tools.model.dataset import DatasetError, load_split
-    from host_tools.model.network import build_decoder, build_encoder
+    from morphbox.host_tools.model.dataset import DatasetError, load_split
+    from morphbox.host_tools.model.network import build_decoder, build_encoder
 
     if max(config.fft_sizes) > config.crop_frames * HOP:
         raise TrainError(f"fft size {max(config.fft_sizes)} > crop of "
@@ -322,7 +323,7 @@ def train(config: TrainConfig, progress: bool = True) -> list[dict]:
 
 def load_models(run_dir: str | os.PathLike):
     """``(encoder, decoder, TrainConfig)`` of a finished run (weights from ``run_dir``)."""
-    from host_tools.model.network import build_decoder, build_encoder
+    from morphbox.host_tools.model.network import build_decoder, build_encoder
     run = Path(run_dir)
     try:
         config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))

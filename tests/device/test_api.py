@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from device.api import ApiServer, parse_bind
-from device.packstore import BUILTIN, PackStore
-from device.service import Service, ServiceConfig
+from morphbox.device.api.server import ApiServer, parse_bind
+from morphbox.device.packs.store import BUILTIN, PackStore
+from morphbox.device.service import Service, ServiceConfig
 from tests.device.test_archive import archive_of, new_key, public_raw, raw_archive, small_pack
 
 

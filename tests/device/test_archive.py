@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.archive import (
+from morphbox.device.packs.archive import (
     MAGIC,
     ArchiveError,
     extract_archive,
@@ -24,7 +24,7 @@ from device.archive import (
     write_archive,
     write_raw_archive,
 )
-from device.pack import load_pack, write_pack
+from morphbox.device.packs.format import load_pack, write_pack
 
 K, B = 64, 32  # the engine's partials and noise bands: every test pack keeps them
 
@@ -112,7 +112,7 @@ def test_round_trip_keeps_every_byte_and_verifies(tmp_path):
 
 
 def test_default_pack_archives(tmp_path):
-    from device.pack import DEFAULT_PACK
+    from morphbox.device.packs.format import DEFAULT_PACK
     key = new_key()
     arc = archive_of(DEFAULT_PACK, key, tmp_path / "default.mbpack")
     hdr = read_header(io.BytesIO(arc.read_bytes()), trusted(key))

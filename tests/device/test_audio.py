@@ -1,4 +1,4 @@
-"""Tests of device/audio.py.
+"""Tests of device/engine/audio.py.
 
 * The stream callback, called directly (no PortAudio needed).
 * Device resolution against a fake PyAudio (no PortAudio needed).
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device import audio
-from device.audio import (
+from morphbox.device.engine import audio
+from morphbox.device.engine.audio import (
     PA_CONTINUE,
     PA_OUTPUT_OVERFLOW,
     PA_OUTPUT_UNDERFLOW,
@@ -620,10 +620,10 @@ def test_engine_plays_a_midi_note_through_jack_in_tune(
     recorded output is the note, in tune, with no late blocks."""
     import mido
 
-    from device.engine import Engine
-    from device.midi import dispatch
-    from device.pack import load_default_grid
-    from host_tools.sources import pitch_error_cents
+    from morphbox.device.engine.voices import Engine
+    from morphbox.device.midi.router import dispatch
+    from morphbox.device.packs.format import load_default_grid
+    from morphbox.host_tools.sources import pitch_error_cents
 
     engine = Engine(load_default_grid())
     engine.controls.set_adsr(attack_s=0.005, sustain=1.0)

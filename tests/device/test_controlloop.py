@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from device.controlloop import SimRig, attach, turn_mock_encoder
-from device.profiles import ProfileError, available, load_profile
-from device.service import Service, ServiceConfig
-from hardware.errors import HardwareError
+from morphbox.device.panel.build import attach
+from morphbox.device.panel.profiles import ProfileError, available, load_profile
+from morphbox.device.panel.simrig import SimRig, turn_mock_encoder
+from morphbox.device.service import Service, ServiceConfig
+from morphbox.hardware.errors import HardwareError
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,7 @@ def service():
 
 def make(service, name="sim", **overrides):
     """A loop on a fresh simulated box (no script: the test plays the chips)."""
-    from device.controls import ControlState
+    from morphbox.device.engine.controls import ControlState
 
     service.controls.snapshot = ControlState()
     profile = load_profile(name, {"sim": {}, **overrides} if name == "sim" else overrides)
@@ -188,6 +189,8 @@ def test_encoders_step_corners_with_wrap_around(service):
 
 
 def test_long_press_saves_short_press_recalls(service, tmp_path):
+    from morphbox.device.packs.patches import PatchStore
+    service.patches = PatchStore(tmp_path / "state")
     loop, rig = make(service)
     pin = loop.pin_factory.pin(6)  # slot 2
     c = service.controls

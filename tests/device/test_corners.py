@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.corners import CornerSelector, build_grid
-from device.engine import Engine
-from device.pack import PackError, grid_from_pack, load_pack
+from morphbox.device.engine.corners import CornerSelector, build_grid
+from morphbox.device.engine.voices import Engine
+from morphbox.device.packs.format import PackError, grid_from_pack, load_pack
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_any_four_instruments_make_a_grid(pack):
     corners = {"NW": 15, "NE": 3, "SW": 9, "SE": 9}
     grid = build_grid(pack, corners)
     harm = pack.arrays["instruments_harmonics"]
-    from kernels.quant import dequantize_db
+    from morphbox.kernels.quant import dequantize_db
     assert np.allclose(grid.harmonics_db[0, 0], dequantize_db(harm[15]))
     assert np.allclose(grid.harmonics_db[-1, -1], dequantize_db(harm[9]))
 
@@ -84,9 +84,9 @@ def test_a_corner_change_under_a_held_note_morphs_without_a_click(pack):
     """Holding a note at the NW corner while NW changes instrument (a neural rebuild, swapped
     in between blocks): the timbre becomes the new instrument's, and the waveform has no step
     at the swap (the engine crossfades each voice's table across the block)."""
-    from device.controls import Controls, ControlState
-    from kernels.analysis import harmonic_amplitudes
-    from kernels.quant import amplitude_to_db, dequantize_db
+    from morphbox.device.engine.controls import Controls, ControlState
+    from morphbox.kernels.analysis import harmonic_amplitudes
+    from morphbox.kernels.quant import amplitude_to_db, dequantize_db
     sr, note = 48000, 57
     engine = Engine(grid_from_pack(pack), controls=Controls(ControlState(
         x=0.0, y=0.0, attack_s=0.005, decay_s=0.1, sustain=1.0, release_s=0.1, volume=1.0)))

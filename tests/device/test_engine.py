@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.controls import Controls, ControlState
-from device.engine import Engine, EngineConfig, render_offline
-from device.pack import Grid, load_default_grid
-from host_tools.sources import pitch_error_cents
-from kernels.analysis import harmonic_amplitudes
-from kernels.pitch import midi_to_hz
-from kernels.quant import amplitude_to_db, dequantize_db
+from morphbox.device.engine.controls import Controls, ControlState
+from morphbox.device.engine.voices import Engine, EngineConfig, render_offline
+from morphbox.device.packs.format import Grid, load_default_grid
+from morphbox.host_tools.sources import pitch_error_cents
+from morphbox.kernels.analysis import harmonic_amplitudes
+from morphbox.kernels.pitch import midi_to_hz
+from morphbox.kernels.quant import amplitude_to_db, dequantize_db
 
 SR = 48000
 
@@ -98,7 +98,7 @@ def test_high_note_has_no_aliasing():
 
 def test_corner_sounds_like_its_instrument(grid):
     """At each corner a held note's partials match that corner instrument's analysis."""
-    from device.pack import load_pack
+    from morphbox.device.packs.format import load_pack
     pack = load_pack("device/packs/default")
     note, t = 60, 1.1
     a = int(np.argmin(np.abs(grid.anchors - note)))

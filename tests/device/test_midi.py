@@ -8,9 +8,10 @@ import mido
 import numpy as np
 import pytest
 
-from device.controls import Controls, adsr_from_pots
-from device.engine import Engine, render_offline
-from device.midi import (
+from morphbox.device.engine.controls import Controls, adsr_from_pots
+from morphbox.device.engine.voices import Engine, render_offline
+from morphbox.device.midi.inputs import MidiParser
+from morphbox.device.midi.router import (
     DEFAULT_CC_MAP,
     MidiConfig,
     MidiConfigError,
@@ -18,8 +19,7 @@ from device.midi import (
     RouterConfig,
     dispatch,
 )
-from device.midi_inputs import MidiParser
-from device.pack import load_default_grid
+from morphbox.device.packs.format import load_default_grid
 
 SR = 48000
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.midi import MidiRouter
-from device.midi_inputs import MidiParser, PortScanner, SerialMidiInput, rtmidi_scanner
+from morphbox.device.midi.inputs import MidiParser, PortScanner, SerialMidiInput, rtmidi_scanner
+from morphbox.device.midi.router import MidiRouter
 
 SR = 48000
 
@@ -135,7 +135,7 @@ def test_din_input_survives_garbage_and_keeps_playing(garbage):
                 pass
         assert mido.Message("note_on", note=60, velocity=100) in got
         assert mido.Message("note_on", note=62, velocity=90) in got
-        assert din._thread.is_alive()
+        assert din.running
     finally:
         din.stop()
         os.close(master)
@@ -147,7 +147,7 @@ def test_din_input_waits_for_a_missing_device_without_crashing(tmp_path):
     din = SerialMidiInput(sink, str(tmp_path / "no-serial"), reopen_s=0.1)
     din.start()
     time.sleep(0.3)
-    assert din._thread.is_alive() and not din.is_open
+    assert din.running and not din.is_open
     din.stop()
 
 
@@ -213,7 +213,7 @@ def test_hot_plug_opens_new_controllers_within_2_s_and_survives_unplugging():
         fake.send("Launchkey:0", bytes([0xB0, 64, 127, 0xFF]))  # garbage-free + reset
         fake.send("Launchkey:0", [0xF5, 0x80])  # malformed: skipped, no exception
         assert mido.Message("control_change", control=64, value=127) in sink.take(2)
-        assert scanner._thread.is_alive()
+        assert scanner.running
     finally:
         scanner.stop()
     assert scanner.open_ports == []
@@ -252,10 +252,10 @@ def test_jack_virtual_keyboard_plays_the_engine_in_tune(jack_server, skip_or_fai
     """virtual rtmidi JACK port -> hot-plug scanner -> router -> engine in a JACK AudioStream
     -> jack_rec: the note is heard at its pitch; velocity/bend/CC arrive too."""
     rtmidi = pytest.importorskip("rtmidi")
-    from device.audio import AudioStream, list_output_devices
-    from device.engine import Engine
-    from device.pack import load_default_grid
-    from host_tools.sources import pitch_error_cents
+    from morphbox.device.engine.audio import AudioStream, list_output_devices
+    from morphbox.device.engine.voices import Engine
+    from morphbox.device.packs.format import load_default_grid
+    from morphbox.host_tools.sources import pitch_error_cents
 
     _wait(lambda: bool(list_output_devices("JACK")), 15, "PortAudio sees JACK")
     engine = Engine(load_default_grid())

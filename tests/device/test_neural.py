@@ -1,4 +1,4 @@
-"""Tests of device/neural.py: the TFLite decoder on the device side.
+"""Tests of device/packs/neural.py: the TFLite decoder on the device side.
 
 The model files are made by TensorFlow in a *subprocess* (the device never imports
 TensorFlow, and tflite-runtime breaks when TensorFlow was imported first in the process), with
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.neural import ModelError, NeuralDecoder
+from morphbox.device.packs.neural import ModelError, NeuralDecoder
 
 pytest.importorskip("ai_edge_litert")
 
@@ -24,9 +24,9 @@ _MAKE = textwrap.dedent("""
     from pathlib import Path
     import keras
     import numpy as np
-    from host_tools.model.export import export_tflite
-    from host_tools.model.network import ModelConfig, build_decoder, build_encoder
-    from kernels.pitch import hz_to_midi
+    from morphbox.host_tools.model.export import export_tflite
+    from morphbox.host_tools.model.network import ModelConfig, build_decoder, build_encoder
+    from morphbox.kernels.pitch import hz_to_midi
 
     out = Path(sys.argv[1])
     keras.utils.set_random_seed(0)
@@ -55,7 +55,7 @@ def models(tf_subprocess) -> Path:
 
 
 def test_device_module_does_not_import_tensorflow():
-    code = ("import sys, device.neural; "
+    code = ("import sys, morphbox.device.packs.neural; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
             "sys.exit(1 if bad else 0)")
     root = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_decoder_refuses_bad_inputs(models):
 def test_shipped_default_model_is_small_complete_and_in_the_default_pack():
     """The committed default model (issue 3): int8 <= 2 MB, both signatures, and the very file
     the default pack carries and was built with."""
-    from device.pack import DEFAULT_MODEL, load_pack
+    from morphbox.device.packs.format import DEFAULT_MODEL, load_pack
     f32 = DEFAULT_MODEL.with_name("default_f32.tflite")
     assert DEFAULT_MODEL.stat().st_size <= 2_000_000
     for path in (DEFAULT_MODEL, f32):
@@ -129,8 +129,8 @@ def test_shipped_int8_decoder_tracks_float32_on_the_default_pack():
     """int8 and float32 decode the default pack's instruments alike: the partials within 60 dB
     of each frame's strongest differ by a few int8 steps (0.55 dB each) on average: 3.1 dB
     measured, where a badly calibrated export is off by tens of dB."""
-    from device.pack import DEFAULT_MODEL, load_pack
-    from kernels.pitch import midi_to_hz
+    from morphbox.device.packs.format import DEFAULT_MODEL, load_pack
+    from morphbox.kernels.pitch import midi_to_hz
     pack = load_pack("device/packs/default")
     z = pack.z_corners(list(range(len(pack.instrument_names)))).reshape(-1, 81, 16)
     loud = pack.arrays["instruments_loudness"].reshape(-1, 81)

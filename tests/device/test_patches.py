@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from device.patches import Patch, PatchError, PatchStore
+from morphbox.device.packs.patches import Patch, PatchError, PatchStore
 
 P = Patch(corners={"NW": 1, "NE": 2, "SW": 3, "SE": 4}, attack_s=0.5, decay_s=0.2, sustain=0.6,
           release_s=1.5, volume=0.7, x=0.1, y=0.9)

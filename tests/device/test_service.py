@@ -7,8 +7,9 @@ import time
 import mido
 import numpy as np
 
-from device.service import MidiFilePart, Service, ServiceConfig, TouchPathPart
-from device.sim import circle
+from morphbox.device.midi.files import MidiFilePart
+from morphbox.device.panel.paths import TouchPathPart, circle
+from morphbox.device.service import Service, ServiceConfig
 
 
 def _chord_events():

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from device.api import ApiServer
-from device.packstore import PackStore
-from device.service import Service, ServiceConfig
+from morphbox.device.api.server import ApiServer
+from morphbox.device.packs.store import PackStore
+from morphbox.device.service import Service, ServiceConfig
 from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.adc import ADS1x15, ADS1x15Pots
-from hardware.errors import HardwareError, PartNotFound
-from hardware.gpio import GpioButtons, GpioEncoders, make_pin_factory
-from hardware.i2c import SimBus
-from hardware.sim import ADS1x15Sim
+from morphbox.hardware.adc import ADS1x15, ADS1x15Pots
+from morphbox.hardware.errors import HardwareError, PartNotFound
+from morphbox.hardware.gpio import GpioButtons, GpioEncoders, make_pin_factory
+from morphbox.hardware.i2c import SimBus
+from morphbox.hardware.sim import ADS1x15Sim
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_round_robin_pots_cover_every_role():
 
 
 def test_gpio_encoders_count_quadrature_both_ways(mock_gpio):
-    from device.controlloop import turn_mock_encoder
+    from morphbox.device.panel.simrig import turn_mock_encoder
 
     enc = GpioEncoders({"NW": (17, 27), "SE": (12, 16)}, mock_gpio)
     try:

@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from hardware.i2c import SimBus, open_bus, transfer_bits
-from hardware.sim import ADS1x15Sim
+from morphbox.hardware.i2c import SimBus, open_bus, transfer_bits
+from morphbox.hardware.sim import ADS1x15Sim
 
 
 def test_env_var_chooses_the_simulator(monkeypatch):

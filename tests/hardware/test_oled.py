@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from hardware.errors import PartNotFound
-from hardware.i2c import SimBus
-from hardware.oled import Oled, ScreenView
-from hardware.sim import SSD1306Sim
+from morphbox.hardware.errors import PartNotFound
+from morphbox.hardware.i2c import SimBus
+from morphbox.hardware.oled import Oled, ScreenView
+from morphbox.hardware.sim import SSD1306Sim
 
 CORNERS = {"NW": "Cello", "NE": "Flute", "SW": "Piano", "SE": "Organ"}
 

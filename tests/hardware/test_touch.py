@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.errors import FrameError, PartNotFound
-from hardware.i2c import SimBus
-from hardware.sim import MPR121Sim, NSynthBoardSim, TrillSquareSim
-from hardware.touch import (
+from morphbox.hardware.errors import FrameError, PartNotFound
+from morphbox.hardware.i2c import SimBus
+from morphbox.hardware.sim import MPR121Sim, NSynthBoardSim, TrillSquareSim
+from morphbox.hardware.touch import (
     BoardEncoders,
     BoardPots,
     MPR121Pad,

@@ -11,8 +11,8 @@ import mido
 import numpy as np
 import soundfile as sf
 
-from device.pack import DEFAULT_PACK
-from host_tools.cli import main
+from morphbox.device.packs.format import DEFAULT_PACK
+from morphbox.host_tools.cli import main
 
 
 def test_console_script_help_names_every_command():

@@ -8,11 +8,11 @@ import socket
 
 import pytest
 
-from device.api import ApiServer
-from device.pack import DEFAULT_PACK
-from device.packstore import PackStore
-from device.service import Service, ServiceConfig
-from host_tools import flash as fl
+from morphbox.device.api.server import ApiServer
+from morphbox.device.packs.format import DEFAULT_PACK
+from morphbox.device.packs.store import PackStore
+from morphbox.device.service import Service, ServiceConfig
+from morphbox.host_tools import flash as fl
 from tests.device.test_archive import raw_archive, small_pack
 
 

@@ -14,27 +14,27 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from host_tools.model import ddsp_tf  # noqa: E402
-from host_tools.model.dataset import (  # noqa: E402
+from morphbox.host_tools.model import ddsp_tf  # noqa: E402
+from morphbox.host_tools.model.dataset import (  # noqa: E402
     DatasetConfig,
     DatasetError,
     build_dataset,
     load_split,
     read_index,
 )
-from host_tools.model.export import (  # noqa: E402
+from morphbox.host_tools.model.export import (  # noqa: E402
     ExportError,
     export_tflite,
     representative_samples,
 )
-from host_tools.model.losses import spectral_loss  # noqa: E402
-from host_tools.model.network import (  # noqa: E402
+from morphbox.host_tools.model.losses import spectral_loss  # noqa: E402
+from morphbox.host_tools.model.network import (  # noqa: E402
     ModelConfig,
     build_decoder,
     build_encoder,
     count_params,
 )
-from host_tools.model.train import (  # noqa: E402
+from morphbox.host_tools.model.train import (  # noqa: E402
     TrainConfig,
     TrainError,
     _Data,
@@ -43,7 +43,7 @@ from host_tools.model.train import (  # noqa: E402
     make_loss_fn,
     train,
 )
-from kernels import synth  # noqa: E402
+from morphbox.kernels import synth  # noqa: E402
 
 TINY_MODEL = ModelConfig(encoder_channels=16, encoder_layers=1, decoder_channels=32,
                          decoder_layers=2)
@@ -60,7 +60,7 @@ def _tiny_config(dataset: Path, run_dir: Path, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, skip_or_fail) -> Path:
-    from host_tools.sources import SourceError, find_soundfont
+    from morphbox.host_tools.sources import SourceError, find_soundfont
     try:
         find_soundfont()
     except SourceError as exc:
@@ -324,7 +324,7 @@ def test_export_refusals(exported, tmp_path):
 def test_commands_build_train_export(tmp_path, dataset, capsys):
     import argparse
 
-    from host_tools.model.cli import add_parsers
+    from morphbox.host_tools.model.cli import add_parsers
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
 
@@ -347,7 +347,7 @@ def test_commands_build_train_export(tmp_path, dataset, capsys):
 
 
 def test_evaluate_writes_report_with_bound_baseline_and_int8(exported, dataset, tmp_path):
-    from host_tools.model.evaluate import EvalError, evaluate, log_spectral_distance
+    from morphbox.host_tools.model.evaluate import EvalError, evaluate, log_spectral_distance
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     assert log_spectral_distance(x, x) == 0.0
     assert log_spectral_distance(x, 0.5 * x) == pytest.approx(6.02, abs=0.05)
@@ -372,7 +372,7 @@ def test_evaluate_writes_report_with_bound_baseline_and_int8(exported, dataset, 
 
 
 def test_loudness_loss_measures_the_level_difference_in_db():
-    from host_tools.model.losses import loudness_loss
+    from morphbox.host_tools.model.losses import loudness_loss
     x = tf.constant(np.random.default_rng(3).standard_normal((2, 3200)).astype(np.float32))
     assert float(loudness_loss(x, x, 320)) == 0.0
     np.testing.assert_allclose(float(loudness_loss(x, 2.0 * x, 320)), 20 * np.log10(2),
@@ -382,7 +382,7 @@ def test_loudness_loss_measures_the_level_difference_in_db():
 
 
 def test_learning_rate_schedules_decay_to_lr_final():
-    from host_tools.model.train import learning_rate
+    from morphbox.host_tools.model.train import learning_rate
     for name in ("cosine", "exponential"):
         cfg = TrainConfig(steps=100, learning_rate=1e-3, lr_schedule=name, lr_final=0.1)
         sched = learning_rate(cfg)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from device.pack import load_pack
-from host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
-from kernels.quant import dequantize_db
+from morphbox.device.packs.format import load_pack
+from morphbox.host_tools.packbuild import InstrumentSpec, PackSettings, build_pack
+from morphbox.kernels.quant import dequantize_db
 
 
 def _wav_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for host_tools.sources: SoundFont rendering, WAV loading and pitch helpers.
+"""Tests for morphbox.host_tools.sources: SoundFont rendering, WAV loading and pitch helpers.
 
 Rendering tests need FluidSynth + FluidR3_GM.sf2 (skipped otherwise).  Pitch is
 checked two ways: the module's pyin-based pitch_error_cents and an independent
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from host_tools import sources
-from host_tools.sources import (
+from morphbox.host_tools import sources
+from morphbox.host_tools.sources import (
     GM_PROGRAM_NAMES,
     NOTE_SAMPLES,
     SOURCE_SAMPLE_RATE,

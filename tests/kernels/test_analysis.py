@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import analysis as an
+from morphbox.kernels import analysis as an
 
 SR = 16000
-NOISE_FFT = 1024  # the noise / loudness STFT length (kernels.analysis._NOISE_FFT)
+NOISE_FFT = 1024  # the noise / loudness STFT length (morphbox.kernels.analysis._NOISE_FFT)
 
 
 def harmonic_window(f0_hz: float) -> int:

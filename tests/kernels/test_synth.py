@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import analysis as an
-from kernels import synth
-from kernels.quant import amplitude_to_db
+from morphbox.kernels import analysis as an
+from morphbox.kernels import synth
+from morphbox.kernels.quant import amplitude_to_db
 
 SR = 16000
 HOP = 320

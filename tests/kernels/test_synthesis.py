@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import analysis, envelope, grid, pitch, quant
-from kernels.envelope import ATTACK, DECAY, FADE, IDLE, RELEASE, SUSTAIN, advance_adsr
-from kernels.limiter import SoftLimiter, soft_clip
-from kernels.noise import NoiseSynth
-from kernels.oscillator import (
+from morphbox.kernels import analysis, envelope, grid, pitch, quant
+from morphbox.kernels.envelope import ATTACK, DECAY, FADE, IDLE, RELEASE, SUSTAIN, advance_adsr
+from morphbox.kernels.limiter import SoftLimiter, soft_clip
+from morphbox.kernels.noise import NoiseSynth
+from morphbox.kernels.oscillator import (
     BANDLIMIT_HI,
     BANDLIMIT_LO,
     TABLE_SIZE,
@@ -421,7 +421,7 @@ def test_noise_spectrum_is_empty_above_source_nyquist():
 
 
 def test_noise_band_gains_round_trip_through_analysis():
-    """Render at the source rate and measure with kernels.analysis: the same convention."""
+    """Render at the source rate and measure with morphbox.kernels.analysis: the same convention."""
     ns = NoiseSynth(BLOCK, analysis.N_NOISE_BANDS, 16000, 16000, seed=5)
     gains = np.linspace(0.2, 0.02, analysis.N_NOISE_BANDS).astype(np.float32)
     out = _render(ns, gains**2, 2.0, 16000)

@@ -1,9 +1,11 @@
-"""Simulated inputs: a MIDI file and a touch path driving the engine's real entry points.
+"""Touch paths: a simulated finger on the touch surface, as position over time.
 
-A touch path maps time (s) to a position ``(x, y)`` in 0..1 (x west->east, y north->south).
-:func:`play` renders offline, feeding the MIDI messages through :func:`device.midi.dispatch`
-and the touch through ``Controls.set_touch`` at ``touch_rate`` Hz, exactly as live MIDI and the
-touch surface do; events take effect at the next block boundary.
+A touch path maps time (s) to a position ``(x, y)`` in 0..1 (x west->east, y north->south):
+the shipped curves (:data:`PATHS`) or a CSV of ``time,x,y`` rows. :class:`TouchPathPart` plays
+one live into ``Controls.set_touch``; offline renders (:func:`morphbox.device.midi.files.play`)
+and the simulated box (:mod:`morphbox.device.panel.simrig`) sample them directly.
+
+Owns: the path shapes and the CSV format. Imports: numpy and :mod:`morphbox.device.common`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.midi import dispatch
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEMO_MIDI = ASSETS / "bach_bwv269.mid"
+from morphbox.device.common import ThreadPart, monotonic
 
 
 class TouchPathError(ValueError):
@@ -125,45 +124,16 @@ def touch_path(spec: str) -> TouchPath:
     raise TouchPathError(f"unknown touch path {spec!r}: use {', '.join(PATHS)} or a .csv file")
 
 
-def midi_events(path: str | Path) -> list:
-    """``[(time_s, mido.Message)]`` of a MIDI file, all tracks merged, tempo applied.
+class TouchPathPart(ThreadPart):
+    """Simulated touch: follows ``path`` at ``rate`` Hz (a service part)."""
 
-    Meta messages are dropped. Raises ``OSError``/``ValueError`` from mido for bad files.
-    """
-    import mido
-    events, now = [], 0.0
-    for msg in mido.MidiFile(str(path)):
-        now += msg.time
-        if not msg.is_meta:
-            events.append((now, msg.copy(time=0)))
-    return events
+    name = "sim-touch"
 
+    def __init__(self, controls, path: TouchPath, rate: float = 200.0, clock=monotonic):
+        super().__init__()
+        self.controls, self.path, self.rate, self.clock = controls, path, rate, clock
 
-def play(engine, events: list, path: TouchPath | None = None, duration_s: float | None = None,
-         tail_s: float = 2.0, touch_rate: float = 200.0, on_block=None) -> np.ndarray:
-    """Render ``events`` (``[(time_s, mido.Message)]``) with the touch following ``path``.
-
-    Returns ``(samples, channels)`` float32. ``duration_s`` defaults to the last event plus
-    ``tail_s``. ``on_block(t)`` is called before each block (for recording the touch path).
-    """
-    cfg = engine.config
-    if duration_s is None:
-        duration_s = (events[-1][0] if events else 0.0) + tail_s
-    bs = cfg.block_size
-    n_blocks = int(math.ceil(duration_s * cfg.sample_rate / bs))
-    out = np.empty((n_blocks * bs, cfg.channels), np.float32)
-    next_event = 0
-    next_touch = 0.0
-    for b in range(n_blocks):
-        t = b * bs / cfg.sample_rate
-        t_end = (b + 1) * bs / cfg.sample_rate
-        if path is not None and t >= next_touch:
-            engine.controls.set_touch(*path(t))
-            next_touch += 1.0 / touch_rate
-        while next_event < len(events) and events[next_event][0] < t_end:
-            dispatch(engine, events[next_event][1])
-            next_event += 1
-        if on_block is not None:
-            on_block(t)
-        out[b * bs:(b + 1) * bs] = engine.render_block()
-    return out
+    def loop(self) -> None:
+        t0 = self.clock()
+        while not self.wait(1.0 / self.rate):
+            self.controls.set_touch(*self.path(self.clock() - t0))

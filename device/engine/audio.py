@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -47,7 +48,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["AudioError", "AudioStats", "AudioStream", "list_output_devices"]
+__all__ = ["AudioError", "AudioStats", "AudioStream", "PacedNullOutput", "list_output_devices"]
 
 # PortAudio ABI constants (portaudio.h), so the callback needs no PyAudio import.
 PA_CONTINUE = 0  # paContinue
@@ -78,6 +79,14 @@ class AudioStats:
     xruns: int = 0  # callbacks where PortAudio reported output underflow/overflow
     max_render_s: float = 0.0
     errors: int = 0  # exceptions raised by render_block (silence was played instead)
+
+    def count(self, render_s: float, period_s: float) -> None:
+        """Count one served block that took ``render_s`` seconds to render."""
+        self.blocks += 1
+        if render_s > self.max_render_s:
+            self.max_render_s = render_s
+        if render_s > period_s:
+            self.late_blocks += 1
 
 
 class _BlockCallback:
@@ -147,11 +156,7 @@ class _BlockCallback:
                 stats.errors += 1
                 self.last_error = exc
                 ret = self._ret_silence
-        dt = time.perf_counter() - t0
-        stats.blocks += 1
-        stats.max_render_s = max(stats.max_render_s, dt)
-        if dt > self._period_s:
-            stats.late_blocks += 1
+        stats.count(time.perf_counter() - t0, self._period_s)
         return ret
 
 
@@ -515,3 +520,55 @@ def _pa_message(exc: BaseException) -> str:
     """PyAudio raises ``OSError(code, text)`` / ``ValueError(text, code)``: keep the text."""
     texts = [a for a in exc.args if isinstance(a, str)]
     return texts[0] if texts else str(exc)
+
+
+class PacedNullOutput:
+    """Renders blocks at the real-time rate into nothing; the same ``stats`` as
+    :class:`AudioStream`. For running the whole service where no audio output exists (a laptop
+    without a sound card, CI)."""
+
+    def __init__(self, render_block: RenderBlock, sample_rate: int, block_size: int):
+        self._render = render_block
+        self._period = block_size / sample_rate
+        self._stats = AudioStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.device_name = "none (paced null output)"
+
+    @property
+    def stats(self) -> AudioStats:
+        return replace(self._stats)
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="null-audio", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stats = self._stats
+        next_t = time.perf_counter()
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                self._render()
+            except Exception:  # noqa: BLE001 - the audio never stops
+                stats.errors += 1
+            stats.count(time.perf_counter() - t0, self._period)
+            next_t += self._period
+            delay = next_t - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+            elif delay < -0.1:  # fell far behind: resynchronise instead of bursting
+                stats.xruns += 1
+                next_t = time.perf_counter()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+    close = stop

@@ -3,8 +3,8 @@
 :meth:`Engine.render_block` is the one render function: the live audio callback calls it once
 per block and offline rendering calls it in a loop. It never takes a lock, reads a file or
 waits: note events arrive through a ``collections.deque`` (append/popleft are atomic), the
-control state is an immutable snapshot (:mod:`device.controls`) and the active grid is swapped
-by assigning one attribute.
+control state is an immutable snapshot (:mod:`morphbox.device.engine.controls`) and the active grid
+is swapped by assigning one attribute.
 
 Per block, for all sounding voices at once (numpy, no per-voice Python loop):
 
@@ -12,12 +12,13 @@ Per block, for all sounding voices at once (numpy, no per-voice Python loop):
    neighbouring grid points are mixed bilinearly, and each voice's two nearest analysis frames
    linearly, in dB, giving harmonic amplitudes and noise band gains.
 2. Partials that would pass Nyquist at the played pitch (MIDI note + bend) are removed; a
-   single-cycle table is built per voice (:mod:`kernels.oscillator`) and read with the
+   single-cycle table is built per voice (:mod:`morphbox.kernels.oscillator`) and read with the
    previous block's table crossfaded into it over the block, so timbre moves without zipper
    noise while a note is held.
-3. ADSR (:mod:`kernels.envelope`) times velocity gain (DLS curve ``(v / 127)^2``) shape each
-   voice; one filtered-noise stream carries every voice's noise (:mod:`kernels.noise`).
-4. Master volume (ramped), then the soft limiter (:mod:`kernels.limiter`).
+3. ADSR (:mod:`morphbox.kernels.envelope`) times velocity gain (DLS curve ``(v / 127)^2``) shape
+each
+   voice; one filtered-noise stream carries every voice's noise (:mod:`morphbox.kernels.noise`).
+4. Master volume (ramped), then the soft limiter (:mod:`morphbox.kernels.limiter`).
 
 Voices: up to ``max_voices`` sound at once; a note-on beyond that steals the oldest voice,
 which fades out over ``steal_fade_s`` in one of ``fade_voices`` spare slots while the new note
@@ -32,13 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.controls import Controls
-from device.pack import Grid
-from kernels import envelope as env
-from kernels.grid import grid_cell
-from kernels.limiter import SoftLimiter
-from kernels.noise import NoiseSynth
-from kernels.oscillator import (
+from morphbox.device.engine.controls import Controls
+from morphbox.device.packs.format import Grid
+from morphbox.kernels import envelope as env
+from morphbox.kernels.grid import grid_cell
+from morphbox.kernels.limiter import SoftLimiter
+from morphbox.kernels.noise import NoiseSynth
+from morphbox.kernels.oscillator import (
     BANDLIMIT_LO,
     WavetableBank,
     bandlimit_gains,
@@ -75,12 +76,12 @@ class EngineConfig:
 
 
 class Engine:
-    """Polyphonic voice engine over a :class:`device.pack.Grid`.
+    """Polyphonic voice engine over a :class:`morphbox.device.packs.format.Grid`.
 
     Args:
         grid: the active morph grid.
         config: :class:`EngineConfig`.
-        controls: shared :class:`device.controls.Controls` (one is made if omitted).
+        controls: shared :class:`morphbox.device.engine.controls.Controls` (one is made if omitted).
 
     Entry points for inputs (any thread, never block): :meth:`note_on`, :meth:`note_off`,
     :meth:`all_notes_off`, :meth:`all_sound_off`, ``controls.*``, :meth:`set_grid`.
@@ -329,7 +330,7 @@ def _mix(cell: np.ndarray, w: np.ndarray, anchor: np.ndarray, i0: np.ndarray,
 def render_offline(engine: Engine, n_samples: int) -> np.ndarray:
     """Render ``n_samples`` frames with :meth:`Engine.render_block`, ``(n, channels)`` float32.
 
-    For inputs that change over time use :func:`device.sim.play` instead.
+    For inputs that change over time use :func:`morphbox.device.midi.files.play` instead.
     """
     bs = engine.config.block_size
     n_blocks = -(-n_samples // bs)

@@ -10,7 +10,7 @@ with the status below.
 =======  ==============================  ==================================================
 method   path                            what
 =======  ==============================  ==================================================
-GET      /                               the web page (``device/web/``)
+GET      /                               the web page (``device/api/web/``)
 GET      /api/status                     active/previous pack, corners, audio health,
                                          versions, free space, upload limit
 GET      /api/packs                      installed packs (see PackStore.list_packs)
@@ -21,6 +21,10 @@ DELETE   /api/packs/{id}                 200 (409: active or built-in)
 POST     /api/keys                       pairing: ``{"public_key": 64 hex, "label"}``; 201
 GET      /api/keys                       paired key ids
 DELETE   /api/keys/{key_id}              unpair
+GET      /api/recording                  recorder status ``{"recording", "current", "last"}``
+                                         (token)
+POST     /api/recording                  body ``{"action": "start"|"stop"|"toggle"}``: start
+                                         or stop recording; answers the status (token)
 GET      /api/recordings                 ``[{"name", "bytes", "modified"}]`` (token)
 GET      /api/recordings/{name}          the file (``.wav`` or ``.mid``) (token)
 =======  ==============================  ==================================================
@@ -31,8 +35,8 @@ large, 422 corrupt/tampered, incompatible version, or a pack that fails to load 
 507 not enough space.
 
 The audio thread is never involved: installs and activations run on one worker thread (so
-they are serialised), and activation ends in :meth:`device.engine.Engine.set_grid`, a
-reference swap the engine picks up at its next block.
+they are serialised), and activation ends in :meth:`morphbox.device.engine.voices.Engine.set_grid`,
+a reference swap the engine picks up at its next block.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from device.archive import ARCHIVE_VERSION, parse_public_key
-from device.pack import FORMAT_VERSIONS
-from device.packstore import PackStore, StoreError
+from morphbox.device.packs.archive import ARCHIVE_VERSION, parse_public_key
+from morphbox.device.packs.format import FORMAT_VERSIONS
+from morphbox.device.packs.store import PackStore, StoreError
 
 log = logging.getLogger("morphbox.api")
 
@@ -83,7 +87,7 @@ class _StreamBridge:
 class ApiServer:
     """The HTTP API as a service part (``start()``/``stop()``).
 
-    ``service``: the running :class:`device.service.Service` (None: store only, no audio).
+    ``service``: the running :class:`morphbox.device.service.Service` (None: store only, no audio).
     ``host``/``port``: where to listen (port 0: any free port; :attr:`port` tells which).
     """
 
@@ -119,6 +123,8 @@ class ApiServer:
         r.add_get("/api/keys", self.keys)
         r.add_post("/api/keys", self.pair)
         r.add_delete("/api/keys/{kid}", self.unpair)
+        r.add_get("/api/recording", self.recording_status)
+        r.add_post("/api/recording", self.record)
         r.add_get("/api/recordings", self.recordings)
         r.add_get("/api/recordings/{name}", self.recording)
         r.add_static("/static", WEB_DIR)
@@ -126,6 +132,7 @@ class ApiServer:
 
     def start(self) -> None:
         """Start listening; raises OSError (address in use, no such interface) here."""
+        self.store.token  # made now, so `morphbox token` and `morphbox record` find it
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="http-api", daemon=True)
         self._thread.start()
@@ -175,6 +182,10 @@ class ApiServer:
             tok = auth[7:]
         self.store.check_token(tok)
 
+    def _activate(self, pid: str):
+        return self.store.activate(pid, apply=self.service.switch_pack
+                                   if self.service is not None else None)
+
     async def _work(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
@@ -214,7 +225,7 @@ class ApiServer:
         body = {"id": pid, "activated": False, "seconds": {"install": round(t1 - t0, 4)}}
         if request.query.get("activate") in ("1", "true", "yes"):
             try:
-                act = await self._work(self.store.activate, pid, self.service)
+                act = await self._work(self._activate, pid)
             except StoreError as exc:
                 return web.json_response({"error": str(exc), "code": exc.code, "id": pid},
                                          status=exc.status)
@@ -224,7 +235,7 @@ class ApiServer:
 
     async def activate(self, request):
         self._auth(request)
-        act = await self._work(self.store.activate, request.match_info["id"], self.service)
+        act = await self._work(self._activate, request.match_info["id"])
         return web.json_response({"active": act.id, "previous": act.previous,
                                   "seconds": {"load": round(act.load_s, 4),
                                               "swap": round(act.swap_s, 4)}})
@@ -253,6 +264,33 @@ class ApiServer:
         self._auth(request)
         self.store.remove_key(request.match_info["kid"])
         return web.json_response({"removed": request.match_info["kid"]})
+
+    def _need_service(self):
+        if self.service is None:
+            raise StoreError("no audio service runs with this API", 409, "no_service")
+        return self.service
+
+    async def recording_status(self, request):
+        self._auth(request)
+        return web.json_response(self._need_service().recorder.status())
+
+    async def record(self, request):
+        self._auth(request)
+        service = self._need_service()
+        try:
+            action = (await request.json())["action"]
+        except (ValueError, KeyError, TypeError):
+            action = None
+        ops = {"start": service.start_recording, "stop": service.stop_recording,
+               "toggle": service.toggle_recording}
+        if action not in ops:
+            return _err(400, "bad_request", 'recording needs {"action": "start", "stop" or '
+                        '"toggle"}')
+        try:
+            status = await self._work(ops[action])
+        except OSError as exc:
+            return _err(507, "no_space", f"cannot record: {exc}")
+        return web.json_response(status)
 
     async def recordings(self, request):
         self._auth(request)
@@ -298,7 +336,8 @@ def parse_bind(text: str) -> tuple[str, int]:
 def attach_api(service, store: PackStore | None = None, host: str = "127.0.0.1",
                port: int = DEFAULT_PORT) -> ApiServer:
     """Add the HTTP API to ``service`` as a part (started with it). ``store``: default
-    ``PackStore()`` (the state directory of :func:`device.packstore.state_root`)."""
-    server = ApiServer(service, store or PackStore(), host, port)
+    ``PackStore()`` (the state directory of :func:`morphbox.device.packs.store.state_root`)."""
+    server = ApiServer(service, store or getattr(service, "store", None) or PackStore(), host,
+                       port)
     service.add(server)
     return server

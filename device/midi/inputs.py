@@ -2,8 +2,8 @@
 
 Every input is a service part (``start()``/``stop()``) that turns bytes into ``mido.Message``
 objects with its own :class:`MidiParser` (running status is per byte stream) and hands them to
-``put`` -- normally :meth:`device.midi.MidiRouter.put`, the router's one thread-safe queue.
-Nothing here runs in the audio callback.
+``put`` -- normally :meth:`morphbox.device.midi.router.MidiRouter.put`, the router's one
+thread-safe queue. Nothing here runs in the audio callback.
 
 * :class:`PortScanner`: hot-plug. Every ``poll_s`` seconds it lists the ports of a backend,
   opens each new one (a controller plugged in is playing within ``poll_s`` + open time, well
@@ -23,11 +23,12 @@ import contextlib
 import logging
 import os
 import select
-import threading
 import time
 from collections.abc import Callable, Iterable
 
 import mido
+
+from morphbox.device.common import ThreadPart
 
 log = logging.getLogger("morphbox.midi")
 
@@ -135,47 +136,12 @@ class MidiParser:
             self._buf = []
 
 
-class _Part:
-    """A service part with a daemon thread running :meth:`loop` until :meth:`stop`."""
-
-    name = "midi-input"
-
-    def __init__(self):
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def loop(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _guarded(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.loop()
-                return
-            except Exception:  # noqa: BLE001 - input never dies: log, pause, go on
-                log.exception("%s failed; restarting", self.name)
-                self._stop.wait(1.0)
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._guarded, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-
 def _deliver(put: Put, parser: MidiParser, data) -> None:
     for msg in parser.feed(data):
         put(msg)
 
 
-class PortScanner(_Part):
+class PortScanner(ThreadPart):
     """Hot-plug over one backend.
 
     Args:
@@ -308,7 +274,9 @@ class RtMidiBackend:
         self._rtmidi = rtmidi
 
     def _client(self, name: str):
-        from device.audio import _quiet_stderr  # the same fd-2 silencer the audio probe uses
+        from morphbox.device.engine.audio import (
+            _quiet_stderr,  # the same fd-2 silencer the audio probe uses
+        )
 
         if self.api_name == "alsa" and not os.path.exists("/dev/snd/seq"):
             raise OSError("no ALSA sequencer (/dev/snd/seq)")
@@ -356,7 +324,7 @@ def rtmidi_scanner(put: Put, api: str = "alsa", ignore: Iterable[str] = (),
                        name=f"midi-{api}")
 
 
-class SerialMidiInput(_Part):
+class SerialMidiInput(ThreadPart):
     """DIN MIDI from a serial device (a UART at 31250 baud, 8N1).
 
     ``device``: e.g. ``/dev/serial0``. Linux termios has no 31250 baud constant: on the Pi the

@@ -2,29 +2,26 @@
 
 Each slot is a JSON file ``patch-<slot>.json`` (slot 1..4) in the state directory:
 ``MORPHBOX_STATE_DIR``, else ``~/.local/state/morphbox`` (``/var/lib/morphbox`` on the Pi, set
-by the unit file). Files are written atomically (temp file in the same directory, fsync,
-``os.replace``, fsync of the directory): a power cut leaves the old patch or the new one.
+by the unit file). Files are written with :func:`morphbox.device.common.atomic_write`: a
+power cut leaves the old patch or the new one.
+
+Owns: the patch file format. Imports: :mod:`morphbox.device.common`, :mod:`morphbox.kernels`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from device.state import state_dir
+from morphbox.device.common import atomic_write, state_dir
+from morphbox.kernels.grid import CORNERS
 
-CORNERS = ("NW", "NE", "SW", "SE")
 SLOTS = 4
 
 
 class PatchError(ValueError):
     """A patch or slot is invalid, or a patch file cannot be read or written."""
-
-
-# state_dir(): the one rule for the state directory lives in device/state.py
 
 
 @dataclass(frozen=True)
@@ -85,30 +82,11 @@ class PatchStore:
         (the old patch is left as it was)."""
         path = self.path(slot)
         data = json.dumps(patch.to_dict(), indent=1, sort_keys=True).encode()
-        tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".patch-{slot}.", suffix=".tmp",
-                                       dir=self.directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-            dfd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            atomic_write(path, data)
         except OSError as exc:
             raise PatchError(f"cannot save patch {slot} to {path}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
         return path
 
     def load(self, slot: int) -> Patch | None:

@@ -11,7 +11,7 @@ Pi, so the root filesystem can stay read-only)::
       packs/.incoming-*/     uploads being verified (removed on next start)
       packs/.trash-*/        packs being deleted (removed on next start)
       active.json            {"active": id, "previous": id | null, ...}
-      recordings/            session recordings (device/recorder.py)
+      recordings/            session recordings (device/midi/recorder.py)
 
 The shipped pack (``device/packs/default``) has the id ``builtin``; it is always a valid
 fallback and cannot be deleted.
@@ -19,7 +19,8 @@ fallback and cannot be deleted.
 Crash safety (a SIGKILL or power cut at any moment leaves a loadable active pack):
 
 * an upload is extracted and verified (size, SHA-256, signature, schema via
-  :func:`device.pack.load_pack`) in ``packs/.incoming-*`` on the same filesystem, every file
+  :func:`morphbox.device.packs.format.load_pack`) in ``packs/.incoming-*`` on the same filesystem,
+  every file
   fsynced, then renamed to ``packs/<id>`` in one ``rename(2)``; a directory with an id name is
   therefore always complete;
 * ``active.json`` is replaced by write-temp + fsync + ``os.replace`` + directory fsync, and only
@@ -41,12 +42,20 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.archive import PACK_NAME, ArchiveError, extract_archive, key_id
-from device.pack import DEFAULT_PACK, MANIFEST, Pack, PackError, grid_from_pack, load_pack
-from device.state import state_dir
+from morphbox.device.common import atomic_write, fsync_dir, state_dir
+from morphbox.device.packs.archive import PACK_NAME, ArchiveError, extract_archive, key_id
+from morphbox.device.packs.format import (
+    DEFAULT_PACK,
+    MANIFEST,
+    Pack,
+    PackError,
+    grid_from_pack,
+    load_pack,
+)
 
 log = logging.getLogger("morphbox.packstore")
 
@@ -57,13 +66,13 @@ DEFAULT_RESERVE_BYTES = 32 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}-[0-9a-f]{12}$")
 
 
-state_root = state_dir  # the one rule for the state directory: device/state.py
+state_root = state_dir  # the one rule for the state directory: device/common.py
 
 
 class StoreError(Exception):
     """A store request is refused. ``status``: the HTTP status the API answers with;
     ``code``: a short machine word (not_found, in_use, no_space, load_failed, auth, bad_key,
-    plus the :class:`device.archive.ArchiveError` codes)."""
+    plus the :class:`morphbox.device.packs.archive.ArchiveError` codes)."""
 
     def __init__(self, message: str, status: int = 400, code: str = "error"):
         super().__init__(message)
@@ -72,31 +81,6 @@ class StoreError(Exception):
 
 ARCHIVE_STATUS = {"format": 400, "traversal": 400, "corrupt": 422, "version": 422,
                   "signature": 403, "too_large": 413}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync
-    the directory. A crash leaves either the old or the new content."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -285,7 +269,7 @@ class PackStore:
                 reason = str(exc).split(": ", 1)[-1]
                 raise StoreError(f"pack {hdr.name!r} refused: {reason}", 422, "schema") \
                     from None
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             pid = f"{hdr.name}-{hdr.members[0]['sha256'][:12]}"
             with self._lock:
                 final = self.packs_dir / pid
@@ -296,7 +280,7 @@ class PackStore:
                     except PackError:
                         self._trash(final)
                 os.rename(tmp, final)
-                _fsync_dir(self.packs_dir)
+                fsync_dir(self.packs_dir)
             log.info("installed pack %s", pid)
             return pid
         finally:
@@ -311,7 +295,7 @@ class PackStore:
     def _trash(self, path: Path) -> None:
         trash = Path(tempfile.mkdtemp(prefix=f".trash-{path.name}-", dir=self.packs_dir))
         os.rename(path, trash / path.name)
-        _fsync_dir(self.packs_dir)
+        fsync_dir(self.packs_dir)
         shutil.rmtree(trash, ignore_errors=True)
 
     def delete(self, pid: str) -> None:
@@ -328,12 +312,13 @@ class PackStore:
                 self._write_pointer(ptr["active"], None)
             self._trash(path)
 
-    def activate(self, pid: str, service=None) -> Activation:
+    def activate(self, pid: str, apply: Callable[[Pack], None] | None = None) -> Activation:
         """Make ``pid`` the active pack. The pack is loaded and verified here (call this off
-        the audio thread); on a running ``service`` the engine's grid is swapped (taking effect
-        at the next block) and ``service.pack`` and the corner selector follow. The pointer is
-        written last. If the pack fails to load or does not fit the engine, nothing changes,
-        the old pack keeps playing, and :class:`StoreError` 422 ``load_failed`` says why.
+        the audio thread), then ``apply(pack)`` puts it to use (a running service swaps its
+        grid: :meth:`morphbox.device.service.Service.switch_pack`); ``apply`` raising
+        ``ValueError`` refuses the pack. The pointer is written last. If the pack fails to load
+        or is refused, nothing changes, the old pack keeps playing, and :class:`StoreError`
+        422 ``load_failed`` says why.
         """
         with self._lock:
             path = self.pack_path(pid)
@@ -341,22 +326,19 @@ class PackStore:
             t0 = time.perf_counter()
             try:
                 pack = load_pack(path)
-                grid = grid_from_pack(pack)
+                grid_from_pack(pack)
             except (PackError, ValueError, KeyError) as exc:
                 raise StoreError(f"pack {pid} failed to load, rolled back to "
                                  f"{ptr['active']} (still playing): {exc}", 422,
                                  "load_failed") from None
             t1 = time.perf_counter()
-            if service is not None:
+            if apply is not None:
                 try:
-                    # swaps the grid (raises before anything changed) and drops any rebuild
-                    # from the old pack, under the selector's lock
-                    service.corners.set_pack(pack, grid)
+                    apply(pack)
                 except ValueError as exc:
                     raise StoreError(f"pack {pid} does not fit this engine, rolled back to "
                                      f"{ptr['active']} (still playing): {exc}", 422,
                                      "load_failed") from None
-                service.pack = pack
             t2 = time.perf_counter()
             previous = ptr["active"] if ptr["active"] != pid else ptr.get("previous")
             self._write_pointer(pid, previous)

@@ -10,7 +10,7 @@ reason. Arrays are read with ``allow_pickle=False``. :func:`write_pack` writes i
 sibling directory and renames it into place, so a reader never sees half a pack.
 
 Shared by the device (loading) and host_tools (building); numpy and the standard library only
-(plus the TFLite runtime of :mod:`device.neural` to check a neural pack's decoder).
+(plus the TFLite runtime of :mod:`morphbox.device.packs.neural` to check a neural pack's decoder).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.grid import CORNERS
-from kernels.quant import dequantize_db
+from morphbox.kernels.grid import CORNERS
+from morphbox.kernels.quant import dequantize_db
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Pack:
     manifest: dict
     arrays: dict
     blobs: dict = field(default_factory=dict)  # ``.tflite`` members: name (no suffix) -> bytes
-    decoder: object = None  # neural pack: its verified device.neural.NeuralDecoder
+    decoder: object = None  # neural pack: its verified morphbox.device.packs.neural.NeuralDecoder
     decoder_error: str | None = None  # neural pack without a decoder: why (no TFLite runtime)
 
     @property
@@ -224,16 +224,16 @@ def _check_model(model, where: Path) -> None:
 
 def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
     """The verified pack's decoder (``path / decoder.tflite``) as a
-    :class:`device.neural.NeuralDecoder`; raises :class:`PackError` naming the member when the
-    model's signature or sizes do not match the manifest.
+    :class:`morphbox.device.packs.neural.NeuralDecoder`; raises :class:`PackError` naming the
+    member when the model's signature or sizes do not match the manifest.
 
     ``num_threads`` defaults to one core fewer than the machine has, at most 2: a grid rebuild
     runs while the box plays, and the audio callback, MIDI router and control loop need a
     core (a Pi 4 decodes on 2 of its 4; this 2-core laptop on 1, 0.23 s against 0.22 s on 2).
-    Raises :class:`device.neural.RuntimeMissing` as it is when no TFLite runtime is installed
-    (the pack is not at fault).
+    Raises :class:`morphbox.device.packs.neural.RuntimeMissing` as it is when no TFLite runtime is
+    installed (the pack is not at fault).
     """
-    from device.neural import ModelError, NeuralDecoder, RuntimeMissing
+    from morphbox.device.packs.neural import ModelError, NeuralDecoder, RuntimeMissing
     threads = num_threads or max(1, min(2, (os.cpu_count() or 1) - 1))
     try:
         return NeuralDecoder(path / DECODER, z_dims=manifest["model"]["z_dims"],
@@ -293,12 +293,12 @@ def load_pack(path: str | os.PathLike) -> Pack:
         if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
             raise PackError(f"{path}: member instruments_z_scale.npy must be finite and "
                             "positive")
-        from device.neural import RuntimeMissing
+        from morphbox.device.packs.neural import RuntimeMissing
         try:
             decoder = load_decoder(path, manifest)
         except RuntimeMissing as exc:
             # the stored grid still plays; only a rebuild for other corners needs the decoder
-            # (device.corners.build_grid refuses it with this reason)
+            # (morphbox.device.engine.corners.build_grid refuses it with this reason)
             log.warning("%s: %s; the stored grid plays, its corners cannot be changed",
                         path, exc)
             return Pack(path=path, manifest=manifest, arrays=arrays, blobs=blobs,
@@ -423,9 +423,9 @@ def grid_from_pack(pack: Pack) -> Grid:
                            source_rate=float(m["source_sample_rate"]), name=pack.name)
 
 
-DEFAULT_PACK = Path(__file__).resolve().parent / "packs" / "default"
+DEFAULT_PACK = Path(__file__).resolve().parent / "default"
 # the default timbre model (int8; encode + decode signatures) the default pack is built with
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default_int8.tflite"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default_int8.tflite"
 
 
 def load_default_grid() -> Grid:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device.pack import _NAME as _PACK_MEMBER_NAME
-from device.pack import FORMAT, FORMAT_VERSIONS, MANIFEST
+from morphbox.device.packs.format import _NAME as _PACK_MEMBER_NAME
+from morphbox.device.packs.format import FORMAT, FORMAT_VERSIONS, MANIFEST
 
 MAGIC = b"MBPACK"
 ARCHIVE_VERSION = 1
@@ -96,9 +96,10 @@ def _file_sha(path: Path) -> tuple[str, int]:
 def write_archive(pack_dir: str | os.PathLike, out: str | os.PathLike, private_key,
                   tool: str = "morphbox") -> Path:
     """Sign the pack directory ``pack_dir`` into the archive file ``out`` (written to a temp
-    file and renamed). The pack is verified with :func:`device.pack.load_pack` first
-    (raises :class:`device.pack.PackError`); ``private_key`` is an ``Ed25519PrivateKey``."""
-    from device.pack import load_pack
+    file and renamed). The pack is verified with :func:`morphbox.device.packs.format.load_pack`
+    first (raises :class:`morphbox.device.packs.format.PackError`); ``private_key`` is an
+    ``Ed25519PrivateKey``."""
+    from morphbox.device.packs.format import load_pack
     pack_dir, out = Path(pack_dir), Path(out)
     pack = load_pack(pack_dir)
     if not PACK_NAME.match(pack.name):
@@ -189,9 +190,10 @@ def peek_header(f) -> tuple[bytes, bytes, bytes, dict]:
     sig = _read_exact(f, SIGNATURE_BYTES, "signature")
     try:
         header = json.loads(hb.decode("utf-8"))
-        assert isinstance(header, dict) and isinstance(header["key_id"], str)
-    except Exception:  # noqa: BLE001 - any malformed header is the same refusal
-        raise ArchiveError("archive header is not valid JSON with a key_id", "format") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = None
+    if not (isinstance(header, dict) and isinstance(header.get("key_id"), str)):
+        raise ArchiveError("archive header is not valid JSON with a key_id", "format")
     return fixed, hb, sig, header
 
 
@@ -261,7 +263,8 @@ def extract_archive(f, dest: str | os.PathLike, trusted: dict[str, bytes],
     """Verify and extract the archive in stream ``f`` into the existing empty directory
     ``dest``: header (see :func:`read_header`), then each member's size and SHA-256 as it is
     written, fsynced; nothing may follow the last member. ``dest`` then holds a pack
-    directory that still has to pass :func:`device.pack.load_pack` (the caller does that).
+    directory that still has to pass :func:`morphbox.device.packs.format.load_pack` (the caller
+    does that).
     Raises :class:`ArchiveError`; ``dest`` may hold partial files then (the caller removes
     it)."""
     dest = Path(dest)

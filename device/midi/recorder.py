@@ -3,37 +3,38 @@ output (one WAV file), written so that a crash loses at most the last second.
 
 Threads and real-time rules:
 
-* Audio: :meth:`Recorder._tap` is added with :meth:`device.engine.Engine.add_tap` and runs in
-  the audio callback. It only copies the block into a preallocated single-producer /
+* Audio: :meth:`Recorder._tap` is added with :meth:`morphbox.device.engine.voices.Engine.add_tap`
+and runs in   the audio callback. It only copies the block into a preallocated single-producer /
   single-consumer ring buffer (:class:`AudioRing`: no lock, no allocation, no I/O) and returns;
   if the ring is full the block is dropped and counted (``dropped_frames``), never waited for.
-* MIDI: :meth:`Recorder.on_midi` is a :class:`device.midi.MidiRouter` listener (router
-  thread): it timestamps the message and queues it.
+* MIDI: :meth:`Recorder.on_midi` is a :class:`morphbox.device.midi.router.MidiRouter` listener
+(router   thread): it timestamps the message and queues it.
 * The ``recorder`` writer thread drains both every 20 ms, samples the morph position
   (``controls.snapshot.x/y``) and writes a CC on ``morph_ccs`` (default 16/17, the router's
   morph X/Y CCs, so playing the file back through the router repeats the morph) whenever its
   7-bit value changes. Every ``flush_s`` (1 s) it patches the WAV header, flushes and fsyncs,
   and re-saves the MIDI file atomically (temp file + rename).
 
-Files: ``<recordings_dir()>/<YYYYmmdd-HHMMSS>.mid`` and ``.wav`` (16-bit PCM, the engine's rate
+Files: ``<directory>/<YYYYmmdd-HHMMSS>.mid`` and ``.wav`` (16-bit PCM, the engine's rate
 and channels). MIDI: type 0, 480 ticks per beat at 120 bpm (960 ticks per second); time 0 is
 when recording started (the audio starts at the next rendered block, within a block of it).
 
 Start/stop: :meth:`Recorder.start_recording` / :meth:`Recorder.stop_recording` /
-:meth:`Recorder.toggle` (a button, the router's ``record`` CC), or -- for another process such
-as the CLI -- :func:`request` writes ``<state>/record.request``, which a running recorder
-picks up within ``poll_s`` and answers in ``<state>/recording.json``.
+:meth:`Recorder.toggle`, called through the service's operations
+(:meth:`morphbox.device.service.Service.start_recording`: a button, the router's ``record``
+CC, or ``morphbox record start|stop`` through the HTTP API).
+
+Owns: the recording files. Imports: mido, numpy, :mod:`morphbox.device.common`.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
 import queue
 import struct
 import threading
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,21 +42,13 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from device.state import state_dir
+from morphbox.device.common import atomic_write, monotonic
 
 log = logging.getLogger("morphbox.recorder")
 
 TICKS_PER_BEAT = 480
 TEMPO = 500_000  # microseconds per beat (120 bpm)
 TICKS_PER_SECOND = TICKS_PER_BEAT * 1_000_000 / TEMPO
-
-
-# state_dir(): the one rule for the state directory lives in device/state.py
-
-
-def recordings_dir() -> Path:
-    """Where recordings land: ``state_dir() / "recordings"``."""
-    return state_dir() / "recordings"
 
 
 class AudioRing:
@@ -161,11 +154,13 @@ class _Session:
         self.ring = AudioRing(int(rec.ring_s * cfg.sample_rate), cfg.channels)
         self.events: list[tuple[float, mido.Message]] = []
         self.midi_events = self.morph_events = 0
-        self.t0 = time.monotonic()
+        self.t0 = rec.clock()
         self.last_morph: list[int | None] = [None, None]
         self.saved_count = -1
+        self.next_flush = self.t0 + rec.flush_s
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="recorder", daemon=True)
+        self.thread = threading.Thread(target=self.run, name="recorder", daemon=True) \
+            if rec.writer else None
 
     def info(self) -> Recording:
         return Recording(str(self.midi_path), str(self.wav.path),
@@ -187,7 +182,7 @@ class _Session:
             self.events.append((t - self.t0, msg.copy(time=0)))
             self.midi_events += 1
         snap = self.rec.engine.controls.snapshot
-        t = time.monotonic() - self.t0
+        t = self.rec.clock() - self.t0
         for i, v in enumerate((snap.x, snap.y)):
             q = int(round(v * 127))
             if q != self.last_morph[i]:
@@ -208,27 +203,29 @@ class _Session:
             track.append(msg.copy(time=max(0, tick - last)))
             last = max(last, tick)
         mf = mido.MidiFile(type=0, ticks_per_beat=TICKS_PER_BEAT, tracks=[track])
-        tmp = self.midi_path.with_name(self.midi_path.name + ".tmp")
-        mf.save(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.midi_path)
+        buf = io.BytesIO()
+        mf.save(file=buf)
+        atomic_write(self.midi_path, buf.getvalue())
+
+    def step(self) -> None:
+        self._drain()
+        now = self.rec.clock()
+        if now >= self.next_flush:
+            self.next_flush = now + self.rec.flush_s
+            self.wav.flush()
+            self.save_midi()
 
     def run(self) -> None:
-        next_flush = time.monotonic() + self.rec.flush_s
         while not self.stop.wait(0.02):
             try:
-                self._drain()
-                if time.monotonic() >= next_flush:
-                    next_flush += self.rec.flush_s
-                    self.wav.flush()
-                    self.save_midi()
+                self.step()
             except Exception:  # noqa: BLE001 - keep recording what can be recorded
                 log.exception("recorder")
 
     def finish(self) -> Recording:
         self.stop.set()
-        self.thread.join(timeout=5)
+        if self.thread is not None:
+            self.thread.join(timeout=5)
         self._drain()
         self.wav.close()
         self.save_midi()
@@ -236,31 +233,32 @@ class _Session:
 
 
 class Recorder:
-    """Records sessions of one engine; a service part (``start()``/``stop()``).
+    """Records sessions of one engine (owned by the service, which stops it at shutdown).
 
     Args:
-        engine: the :class:`device.engine.Engine` (its ``add_tap``, ``controls``, ``config``).
-        directory: where files land (default :func:`recordings_dir`, created on demand).
+        engine: the :class:`morphbox.device.engine.voices.Engine` (its ``add_tap``, ``controls``,
+        ``config``).
+        directory: where files land (created on demand).
         morph_ccs: the CC numbers the morph X/Y is written as.
         flush_s: seconds between flushes to disk (the most a crash can lose).
         ring_s: seconds of audio the ring holds between writer passes.
-        poll_s: seconds between checks for a CLI :func:`request`.
+        clock: seconds, increasing (MIDI and morph timestamps; tests pass their own).
+        writer: run the writer thread (every 20 ms: drain, sample the morph, flush every
+            ``flush_s``); False: the caller calls :meth:`step` (tests drive time).
     """
 
-    def __init__(self, engine, directory: str | os.PathLike | None = None,
+    def __init__(self, engine, directory: str | os.PathLike,
                  morph_ccs: tuple[int, int] = (16, 17), flush_s: float = 1.0,
-                 ring_s: float = 4.0, poll_s: float = 0.25, state: Path | None = None):
+                 ring_s: float = 4.0, clock=monotonic, writer: bool = True):
         self.engine = engine
-        self.directory = Path(directory) if directory else None
+        self.clock, self.writer = clock, writer
+        self.directory = Path(directory)
         self.morph_ccs = tuple(morph_ccs)
-        self.flush_s, self.ring_s, self.poll_s = flush_s, ring_s, poll_s
-        self.state = state
+        self.flush_s, self.ring_s = flush_s, ring_s
         self.last: Recording | None = None
         self._session: _Session | None = None
         self._lock = threading.Lock()
         self._midi_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     # ---- recording -----------------------------------------------------------------------
     @property
@@ -275,7 +273,7 @@ class Recorder:
     def on_midi(self, msg) -> None:
         """Router listener: queue ``msg`` with its arrival time (dropped when not recording)."""
         if self._session is not None:
-            self._midi_q.put((time.monotonic(), msg))
+            self._midi_q.put((self.clock(), msg))
 
     def start_recording(self, name: str | None = None) -> Recording:
         """Start a recording (no-op if one runs); returns its paths. Raises OSError if the
@@ -283,7 +281,7 @@ class Recorder:
         with self._lock:
             if self._session is not None:
                 return self._session.info()
-            directory = self.directory or recordings_dir()
+            directory = self.directory
             directory.mkdir(parents=True, exist_ok=True)
             stem = name or datetime.now().strftime("%Y%m%d-%H%M%S")
             path = directory / stem
@@ -299,9 +297,9 @@ class Recorder:
             s = _Session(self, path)
             self._session = s
             self.engine.add_tap(self._tap)
-            s.thread.start()
+            if s.thread is not None:
+                s.thread.start()
             log.info("recording to %s(.mid, .wav)", path)
-            self._write_status()
             return s.info()
 
     def stop_recording(self) -> Recording | None:
@@ -314,8 +312,14 @@ class Recorder:
             self._session = None
             self.last = s.finish()
             log.info("recorded %.1f s to %s", self.last.seconds, self.last.wav)
-            self._write_status()
             return self.last
+
+    def step(self) -> None:
+        """One writer pass (without the writer thread): drain the audio ring and the MIDI
+        queue, sample the morph position, flush to disk when ``flush_s`` has passed."""
+        s = self._session
+        if s is not None:
+            s.step()
 
     def toggle(self) -> Recording | None:
         """Start if idle, else stop (a record button)."""
@@ -327,83 +331,3 @@ class Recorder:
         s = self._session
         return {"recording": s is not None, "current": asdict(s.info()) if s else None,
                 "last": asdict(self.last) if self.last else None}
-
-    # ---- the service part: watch for CLI requests ------------------------------------------
-    def _state(self) -> Path:
-        return self.state or state_dir()
-
-    def _write_status(self) -> None:
-        try:
-            d = self._state()
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / "recording.json.tmp"
-            tmp.write_text(json.dumps(self.status(), indent=1))
-            os.replace(tmp, d / "recording.json")
-        except OSError:
-            log.debug("cannot write recording status", exc_info=True)
-
-    def poll_requests(self) -> None:
-        """Apply a pending :func:`request` (``start``, ``stop`` or ``toggle``), if any."""
-        path = self._state() / "record.request"
-        try:
-            cmd = path.read_text().strip()
-            path.unlink()
-        except OSError:
-            return
-        try:
-            {"start": self.start_recording, "stop": self.stop_recording,
-             "toggle": self.toggle}[cmd]()
-        except KeyError:
-            log.warning("unknown record request %r", cmd)
-        except OSError:
-            log.exception("record request %r", cmd)
-        self._write_status()  # the answer, also when there was nothing to do
-
-    def start(self) -> None:
-        self._stop.clear()
-
-        def watch():
-            while not self._stop.wait(self.poll_s):
-                self.poll_requests()
-
-        self._watcher = threading.Thread(target=watch, name="recorder-requests", daemon=True)
-        self._watcher.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=2)
-        self.stop_recording()
-
-
-def request(command: str, state: Path | None = None, timeout: float = 3.0) -> dict:
-    """Ask a running recorder (another process) to ``start``, ``stop`` or ``toggle``; returns
-    its status (``recording.json``) once it answered. Raises TimeoutError if no running
-    recorder picked the request up within ``timeout`` seconds (the request is withdrawn)."""
-    if command not in ("start", "stop", "toggle"):
-        raise ValueError(f"command must be start, stop or toggle, not {command!r}")
-    d = state or state_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    req = d / "record.request"
-    status = d / "recording.json"
-
-    def stamp():
-        try:
-            return status.stat().st_mtime_ns
-        except OSError:
-            return None
-
-    before = stamp()
-    req.write_text(command)
-    deadline = time.monotonic() + timeout
-    while req.exists():
-        if time.monotonic() > deadline:
-            req.unlink(missing_ok=True)
-            raise TimeoutError("no running morphbox service picked up the record request")
-        time.sleep(0.05)
-    while stamp() == before and time.monotonic() < deadline + 5:  # it answers after acting
-        time.sleep(0.05)
-    try:
-        return json.loads((d / "recording.json").read_text())
-    except (OSError, ValueError):
-        return {}

@@ -1,13 +1,14 @@
 """The neural decoder on the device: (z, f0, loudness) -> synthesis controls, with TFLite.
 
-Runs the ``decode`` signature of a model file written by ``host_tools.model.export`` (float32
-or full-integer int8; both take and return float32) under ai-edge-litert
+Runs the ``decode`` signature of a model file written by ``morphbox.host_tools.model.export``
+(float32 or full-integer int8; both take and return float32) under ai-edge-litert
 (``ai_edge_litert.interpreter``), or tflite-runtime when that is what the system has. Never
 imports TensorFlow. Not for the audio callback: a grid rebuild calls it from a background
 thread (DDSP-VST likewise keeps its network off the audio thread).
 
 The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``noise_db``) and become
-the controls of :mod:`kernels.synth` through :func:`kernels.synth.controls_from_db`
+the controls of :mod:`morphbox.kernels.synth` through
+:func:`morphbox.kernels.synth.controls_from_db`
 (DDSP, Engel et al. 2020: amplitude x harmonic distribution, plus noise band gains).
 """
 
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.pitch import hz_to_midi
-from kernels.synth import controls_from_db
+from morphbox.kernels.pitch import hz_to_midi
+from morphbox.kernels.synth import controls_from_db
 
 SIGNATURE = "decode"
 # input -> (rank, fixed trailing dims); output -> (rank, fixed trailing dims); None = the
@@ -53,7 +54,7 @@ def _interpreter_class():
 class Controls:
     """Decoded synthesis controls, float32: ``amplitude`` ``(B, T)`` linear,
     ``harmonic_distribution`` ``(B, T, K)`` (rows sum to 1), ``noise_magnitudes``
-    ``(B, T, N)`` linear band gains (convention of :mod:`kernels.analysis`)."""
+    ``(B, T, N)`` linear band gains (convention of :mod:`morphbox.kernels.analysis`)."""
 
     amplitude: np.ndarray
     harmonic_distribution: np.ndarray
@@ -92,7 +93,7 @@ class NeuralDecoder:
         if SIGNATURE not in signatures:
             raise ModelError(f"{self.path}: no {SIGNATURE!r} signature (has "
                              f"{sorted(signatures) or 'none'}); export the decoder with "
-                             "host_tools.model.export")
+                             "morphbox.host_tools.model.export")
         sig = signatures[SIGNATURE]
         if sorted(sig["inputs"]) != sorted(INPUTS) or sorted(sig["outputs"]) != sorted(OUTPUTS):
             raise ModelError(f"{self.path}: {SIGNATURE!r} has inputs {sorted(sig['inputs'])} "

@@ -1,5 +1,5 @@
 """Hardware profiles: which touch surface, pots, encoders, buttons and OLED a box has, with
-their addresses and pins, in TOML (``device/profiles/<name>.toml``).
+their addresses and pins, in TOML (``device/panel/profiles/<name>.toml``).
 
 Shipped: ``nsynth-super`` (the original controller board), ``trill`` (Trill Square, ADS1115,
 GPIO encoders, SSD1306) and ``sim`` (the trill layout on chip simulators, runs anywhere).
@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parent
 CORNERS = ("NW", "NE", "SW", "SE")
 POT_ROLES = ("position", "attack", "decay", "sustain", "release", "volume")
 

@@ -19,7 +19,7 @@
 
 Clock, active sensing, SysEx and every other message are ignored harmlessly.
 
-Threads: inputs (:mod:`device.midi_inputs`) put messages into the router's one
+Threads: inputs (:mod:`morphbox.device.midi.inputs`) put messages into the router's one
 ``queue.SimpleQueue`` (:meth:`MidiRouter.put`, any thread, never blocks); the router consumes it
 on its own thread (a service part: :meth:`MidiRouter.start` / :meth:`MidiRouter.stop`), never
 in the audio callback. :meth:`MidiRouter.handle` may also be called directly (it serialises on
@@ -29,7 +29,7 @@ a lock).
 player): one router per engine, no CC map, so files keep their sustain pedal and bend.
 
 :func:`attach` wires a router, the MIDI inputs and a recorder into a
-:class:`device.service.Service`.
+:class:`morphbox.device.service.Service`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device.controls import adsr_from_pots
+from morphbox.device.common import ThreadPart
+from morphbox.device.engine.controls import adsr_from_pots
+from morphbox.kernels.grid import CORNERS
 
 log = logging.getLogger("morphbox.midi")
 
@@ -53,8 +55,8 @@ SUSTAIN_CC = 64
 
 #: CC number -> target. Targets: ``morph_x``, ``morph_y`` (0..127 -> 0..1), ``volume``,
 #: ``attack``, ``decay``, ``sustain``, ``release`` (0..127 as the ADSR pots, see
-#: :func:`device.controls.adsr_from_pots`), ``corner_NW`` ... ``corner_SE`` (value -> that
-#: corner's instrument index, modulo the pack's instrument count), ``corner_next_NW`` ...
+#: :func:`morphbox.device.engine.controls.adsr_from_pots`), ``corner_NW`` ... ``corner_SE`` (value
+#-> that : corner's instrument index, modulo the pack's instrument count), ``corner_next_NW`` ...
 #: (step that corner one instrument on at each press), ``record`` (each press, value rising
 #: through 64, toggles recording: works with momentary and latching buttons).
 DEFAULT_CC_MAP: dict[int, str] = {
@@ -75,8 +77,8 @@ DEFAULT_CC_MAP: dict[int, str] = {
 }
 
 TARGETS = frozenset({"morph_x", "morph_y", "volume", "attack", "decay", "sustain", "release",
-                     "record"} | {f"corner_{c}" for c in ("NW", "NE", "SW", "SE")}
-                    | {f"corner_next_{c}" for c in ("NW", "NE", "SW", "SE")})
+                     "record"} | {f"corner_{c}" for c in CORNERS}
+                    | {f"corner_next_{c}" for c in CORNERS})
 
 _ADSR_KEYS = {"attack": "attack_s", "decay": "decay_s", "sustain": "sustain",
               "release": "release_s"}
@@ -112,15 +114,16 @@ class RouterConfig:
         self.cc_map = {int(k): v for k, v in self.cc_map.items()}
 
 
-class MidiRouter:
-    """MIDI performance state -> ``engine`` (a :class:`device.engine.Engine`) entry points.
+class MidiRouter(ThreadPart):
+    """MIDI performance state -> ``engine`` (a :class:`morphbox.device.engine.voices.Engine`) entry
+    points.
 
     Args:
         engine: the engine (``note_on``, ``note_off``, ``all_notes_off``, ``all_sound_off``,
             ``controls``).
         config: :class:`RouterConfig` (defaults: omni, +-2 semitones, :data:`DEFAULT_CC_MAP`).
-        corners: optional :class:`device.corners.CornerSelector` (``select``/``step``) for the
-            corner CCs; without it those CCs are ignored.
+        corners: optional :class:`morphbox.device.engine.corners.CornerSelector`
+        (``select``/``step``) for the     corner CCs; without it those CCs are ignored.
         on_program_change: optional ``f(program)`` (0..127) hook, called on the router thread.
         on_record: optional ``f()`` hook, called when the ``record`` CC is pressed.
 
@@ -130,9 +133,12 @@ class MidiRouter:
         received, ignored, errors: message counters.
     """
 
+    name = "midi-router"
+
     def __init__(self, engine, config: RouterConfig | None = None, corners=None,
                  on_program_change: Callable[[int], None] | None = None,
                  on_record: Callable[[], None] | None = None):
+        super().__init__()
         self.engine = engine
         self.controls = engine.controls
         self.config = config or RouterConfig()
@@ -149,7 +155,6 @@ class MidiRouter:
         self._rpn = [(127, 127)] * 16                  # (MSB, LSB) selected per channel
         self._cc_last: dict[int, int] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
 
     # ---- state, for tests, the OLED and the HTTP API --------------------------------------
     @property
@@ -172,19 +177,11 @@ class MidiRouter:
         """Queue ``msg`` (a ``mido.Message``) for the router thread; any thread, never blocks."""
         self._queue.put(msg)
 
-    def start(self) -> None:
-        """Start consuming the queue on the ``midi-router`` thread."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self._run, name="midi-router", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
         """Stop the thread (messages still queued are applied first) and release all notes."""
-        if self._thread is not None:
+        if self.running:
             self._queue.put(None)
-            self._thread.join(timeout=2)
-            self._thread = None
+        super().stop()
         self.panic()
 
     def wait_idle(self, timeout: float = 2.0) -> bool:
@@ -193,7 +190,7 @@ class MidiRouter:
         self._queue.put(done)
         return done.wait(timeout)
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         q = self._queue
         while True:
             msg = q.get()
@@ -342,7 +339,7 @@ _routers_lock = threading.Lock()
 
 
 def dispatch(engine, msg, bend_range: float = DEFAULT_BEND_RANGE) -> None:
-    """Apply one ``mido.Message`` to ``engine`` (a :class:`device.engine.Engine`).
+    """Apply one ``mido.Message`` to ``engine`` (a :class:`morphbox.device.engine.voices.Engine`).
 
     Thin wrapper over a :class:`MidiRouter` kept per engine with an empty CC map: notes,
     sustain pedal, pitch bend (``bend_range`` semitones), CC 7 volume, CC 120/121/123.
@@ -368,8 +365,9 @@ class MidiConfig:
         din: serial device of the DIN MIDI input (e.g. ``/dev/serial0``) or None.
         ignore: substrings of port names never opened (``Midi Through``, our own ports).
         poll_s: seconds between port scans (hot-plug).
-        recordings: directory for recordings (None: :func:`device.recorder.recordings_dir`).
-        record: attach a recorder (start/stop by the ``record`` CC, a button or the CLI).
+        recordings: directory for recordings (None: ``recordings/`` in the state dir).
+        record: record the MIDI with the service's recorder (start/stop by the ``record``
+            CC, a button or the CLI).
     """
 
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -447,14 +445,16 @@ class MidiSetup:
 
 def attach(service, config: MidiConfig | dict | str | os.PathLike | None = None,
            extra_inputs: Iterable = ()) -> MidiSetup:
-    """Add MIDI to a :class:`device.service.Service`: the router (first, so it runs before
-    the inputs feed it), the recorder, then the inputs.
+    """Add MIDI to a :class:`morphbox.device.service.Service`: the router (first, so it runs
+    before the inputs feed it), then the inputs. Program change recalls patches
+    (:meth:`~morphbox.device.service.Service.on_program_change`); the corner CCs go to the
+    service's corner selector; with ``config.record`` the service's recorder records the MIDI
+    and the ``record`` CC toggles it.
 
     ``config``: a :class:`MidiConfig`, a dict (:meth:`MidiConfig.from_dict`), a TOML path, or
     None (defaults). ``extra_inputs``: more input parts built on ``setup.router.put``.
-    The service's ``on_program_change`` attribute, if any, becomes the program-change hook.
     """
-    from device import midi_inputs
+    from morphbox.device.midi import inputs as midi_inputs
 
     if config is None:
         config = MidiConfig()
@@ -462,24 +462,24 @@ def attach(service, config: MidiConfig | dict | str | os.PathLike | None = None,
         config = MidiConfig.from_dict(config)
     elif not isinstance(config, MidiConfig):
         config = MidiConfig.load(config)
-    router = MidiRouter(service.engine, config.router, corners=getattr(service, "corners", None),
-                        on_program_change=getattr(service, "on_program_change", None))
+    router = MidiRouter(service.engine, config.router, corners=service.corners,
+                        on_program_change=service.on_program_change)
     setup = MidiSetup(router=router)
     service.add(router)
     if config.record:
-        from device.recorder import Recorder
-        morph = [cc for t in ("morph_x", "morph_y")
-                 for cc in [next((k for k, v in config.router.cc_map.items() if v == t), None)]]
-        rec = Recorder(service.engine, directory=config.recordings,
-                       morph_ccs=(morph[0] if morph[0] is not None else 16,
-                                  morph[1] if morph[1] is not None else 17))
+        rec = service.recorder
+        if config.recordings is not None:
+            rec.directory = config.recordings
+        morph = [next((k for k, v in config.router.cc_map.items() if v == t), None)
+                 for t in ("morph_x", "morph_y")]
+        rec.morph_ccs = (morph[0] if morph[0] is not None else 16,
+                         morph[1] if morph[1] is not None else 17)
         router.listeners.append(rec.on_midi)
-        router.on_record = rec.toggle
-        setup.recorder = service.add(rec)
+        router.on_record = service.toggle_recording
+        setup.recorder = rec
     parts = midi_inputs.default_inputs(router.put, alsa=config.alsa, jack=config.jack,
                                        din=config.din, ignore=config.ignore,
                                        poll_s=config.poll_s)
     for part in [*parts, *extra_inputs]:
         setup.inputs.append(service.add(part))
     return setup
-

@@ -1,5 +1,5 @@
 // morphbox device page: status, packs (activate, delete, upload by drag and drop),
-// recordings. Talks to the JSON API in device/api.py; changes and recordings send
+// recordings. Talks to the JSON API in device/api/server.py; changes and recordings send
 // X-Morphbox-Token.
 "use strict";
 const $ = (id) => document.getElementById(id);

@@ -3,8 +3,9 @@
 The pack carries every source instrument's analysed frames, so a grid for any four of its N
 instruments (N^4 combinations: 65,536 for 16, of which the original box offered 256) can be
 made on the box. A rebuild runs on a background thread; the engine keeps playing the old grid
-and picks up the new one at its next block (:meth:`device.engine.Engine.set_grid` only swaps a
-reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`kernels.grid.
+and picks up the new one at its next block (:meth:`morphbox.device.engine.voices.Engine.set_grid`
+only swaps a
+reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`morphbox.kernels.grid.
 spectral_grid`); a neural pack mixes the corners' embeddings z bilinearly and decodes every
 grid point at every pitch anchor with the pack's TFLite decoder in one batched call
 (:func:`neural_grid_codes`, shared with the host pack build so both make the same grid).
@@ -28,11 +29,11 @@ import time
 
 import numpy as np
 
-from device.neural import ModelError
-from device.pack import Grid, Pack, PackError
-from kernels.grid import CORNERS, corner_weights, spectral_grid
-from kernels.pitch import midi_to_hz
-from kernels.quant import DB_MIN, DB_STEP, dequantize_db
+from morphbox.device.packs.format import Grid, Pack, PackError
+from morphbox.device.packs.neural import ModelError
+from morphbox.kernels.grid import CORNERS, corner_weights, spectral_grid
+from morphbox.kernels.pitch import midi_to_hz
+from morphbox.kernels.quant import DB_MIN, DB_STEP, dequantize_db
 
 
 def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
@@ -42,9 +43,10 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
 
     ``z``: ``(4, A, F, Z)`` float32 in ``CORNERS`` order; ``loudness_db``: ``(4, A, F)``.
     Each grid point's z and loudness are the corners' mixed with bilinear weights
-    (:func:`kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels); f0 is
-    the anchor's pitch. All ``size * size * A`` notes go through ``decoder``
-    (:class:`device.neural.NeuralDecoder`) in one batched call. Returns the pack's dB codes
+    (:func:`morphbox.kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels);
+    f0 is the anchor's pitch. All ``size * size * A`` notes go through ``decoder``
+    (:class:`morphbox.device.packs.neural.NeuralDecoder`) in one batched call. Returns the pack's
+    dB codes
     ``(grid_harmonics (G, G, A, F, K), grid_noise (G, G, A, F, B))`` uint8: partial amplitude
     = amplitude x harmonic distribution, noise = band gains.
 
@@ -67,7 +69,7 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
                          (size * size, n_anchors, frames)).reshape(-1, frames)
     out = decoder.decode_db(zg, f0, loud)
     # partial k in dB = amplitude_db + harmonic_db_k - 20 log10(sum_j 10^(harmonic_db_j / 20))
-    # (amplitude x normalised distribution, as kernels.synth.controls_from_db), computed in
+    # (amplitude x normalised distribution, as morphbox.kernels.synth.controls_from_db), computed in
     # the dB domain in float32: a rebuild is ~10 M values and this is most of its numpy time
     h = out["harmonic_db"]
     total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
@@ -95,7 +97,8 @@ def _anchor(grid_db: np.ndarray, corner_db: np.ndarray, w: np.ndarray) -> np.nda
 
 
 def _codes(db: np.ndarray) -> np.ndarray:
-    """dB float32 -> the pack's uint8 codes (:func:`kernels.quant.quantize_db`, in float32)."""
+    """dB float32 -> the pack's uint8 codes (:func:`morphbox.kernels.quant.quantize_db`, in
+    float32)."""
     q = np.rint((db - np.float32(DB_MIN)) * np.float32(1.0 / DB_STEP))
     return np.clip(q, 0, 255, out=q).astype(np.uint8)
 
@@ -104,7 +107,7 @@ def build_grid(pack: Pack, corners: dict[str, int]) -> Grid:
     """Grid for ``corners`` (``{"NW": i, ...}``, instrument indices) from ``pack``'s
     instruments: spectral mode mixes their dB frames, neural mode decodes their mixed
     embeddings (:func:`neural_grid_codes`). Raises :class:`PackError` for an unknown corner or
-    instrument index, :class:`device.neural.ModelError` if the decoder fails."""
+    instrument index, :class:`morphbox.device.packs.neural.ModelError` if the decoder fails."""
     n = len(pack.instrument_names)
     if sorted(corners) != sorted(CORNERS):
         raise PackError(f"corners must name {', '.join(CORNERS)}, got {sorted(corners)}")
@@ -190,6 +193,12 @@ class CornerSelector:
         with self._cv:  # relative to the newest request, even one still being built
             n = len(self.pack.instrument_names)
             self.select({corner: (self._target[corner] + delta) % n})
+
+    @property
+    def target(self) -> dict[str, int]:
+        """The newest combination asked for (maybe still being built)."""
+        with self._cv:
+            return dict(self._target)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no rebuild is pending (tests, CLI); True if idle."""
