@@ -43,10 +43,24 @@ def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write float audio as 16-bit PCM WAV with soundfile."""
-    import soundfile as sf
+    """Write float audio ``(samples, channels)`` (or ``(samples,)``) in -1..1 as 16-bit PCM
+    WAV. Uses soundfile (host extra) when installed, else the standard library's ``wave``, so
+    ``morphbox render`` also works on a device-only install."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import soundfile as sf
+    except ImportError:  # device-only install: the same 16-bit PCM through the stdlib
+        import wave
+        audio = np.asarray(audio, np.float32)
+        frames = audio if audio.ndim == 2 else audio[:, None]
+        pcm = np.clip(np.rint(frames * 32767.0), -32768, 32767).astype("<i2")
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(frames.shape[1])
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
+        return path
     sf.write(str(path), audio, sample_rate, subtype="PCM_16")
     return path
 
