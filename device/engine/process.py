@@ -58,6 +58,7 @@ Owns: the audio process and the shared-memory protocol. Imports: numpy, the stan
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import dataclasses
@@ -70,6 +71,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -619,6 +621,16 @@ def audio_main(spec: _Spec) -> None:
 # ---- the service side ---------------------------------------------------------------------
 
 _CONTEXT = None
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At interpreter exit stop every audio process we started (before multiprocessing's own
+    exit hook terminates them, which the supervisors would take for a crash)."""
+    for ap in list(_LIVE):
+        with contextlib.suppress(Exception):
+            ap.stop()
 
 
 def _context():
@@ -708,6 +720,7 @@ class AudioProcess:
         self.restart_listeners: list[Callable[[], None]] = []
         self._proc = None
         self._boot = 0
+        self._mode = pc.output
         self._running = False
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -723,6 +736,8 @@ class AudioProcess:
     def _event(self, kind: int, note: int = 0, velocity: int = 0, channel: int = 0,
                count: int = 0, a: float = 0.0, b: float = 0.0, c: float = 0.0,
                d: float = 0.0) -> bool:
+        if self._closed:
+            return False
         with self._ev_lock:
             return self._sh.events.write_struct(EVENT, kind, note, velocity, channel, count,
                                                 a, b, c, d)
@@ -799,15 +814,17 @@ class AudioProcess:
         return int(self._sh.stats["engine_blocks"])
 
     def render_block(self) -> np.ndarray:
-        """``output="manual"`` only: render one block in the audio process (after every
-        event sent so far) and return it, ``(block_size, channels)`` float32 (a reused
-        buffer). Registered taps are called with it. Raises :class:`AudioError` if the audio
-        process does not answer within ``start_timeout_s``."""
-        if self.process_config.output != "manual":
-            raise RuntimeError("render_block: only an AudioProcess with output='manual' "
-                               "renders on request; a live one renders by itself")
+        """Render one block in the audio process (after every event sent so far) and return
+        it, ``(block_size, channels)`` float32 (a reused buffer); registered taps are called
+        with it. For ``output="manual"``, or before :meth:`start` (offline use of a service's
+        engine: the audio process then runs unpaced until :meth:`start` makes it live).
+        Raises ``RuntimeError`` while it plays live, :class:`AudioError` if it does not
+        answer within ``start_timeout_s``."""
+        if self._running and self._mode != "manual":
+            raise RuntimeError("render_block: this audio process plays live and renders by "
+                               "itself")
         if not self._running:
-            self.start()
+            self._start("manual")
         taps = self._sh.taps
         taps.reset()
         if not self._event(RENDER, count=1):
@@ -862,8 +879,11 @@ class AudioProcess:
         sh.stats["ready"] = 0
         sh.error.write_struct(_TEXT, b"")
         sh.flags["stop"] = 0
-        spec = _Spec(self._seg.name, self._layout, self.config, self.process_config,
-                     os.getpid(), self._boot, dict(os.environ))
+        pc = self.process_config
+        if self._mode != pc.output:
+            pc = dataclasses.replace(pc, output=self._mode)
+        spec = _Spec(self._seg.name, self._layout, self.config, pc, os.getpid(), self._boot,
+                     dict(os.environ))
         proc = _context().Process(target=audio_main, args=(spec,), name="morphbox-audio",
                                   daemon=True)
         with _without_main():
@@ -885,11 +905,18 @@ class AudioProcess:
 
     def start(self) -> None:
         """Start the audio process and wait until it plays. Raises :class:`AudioError`."""
+        if self._running and self._mode == "manual" != self.process_config.output:
+            self.stop()  # an offline session (render_block before start): now live
+        self._start(self.process_config.output)
+
+    def _start(self, mode: str) -> None:
         if self._running:
             return
         if self._closed:
             raise AudioError("this audio process was closed")
+        self._mode = mode
         self._stopping.clear()
+        self._sh.taps.reset()  # (events sent before start play: the engine's semantics)
         self._spawn()
         try:
             self._wait_ready()
@@ -899,11 +926,12 @@ class AudioProcess:
         self._running = True
         self._threads = [threading.Thread(target=self._supervise, name="audio-supervisor",
                                           daemon=True)]
-        if self.process_config.output != "manual":
+        if mode != "manual":
             self._threads.append(threading.Thread(target=self._drain_taps, name="audio-taps",
                                                   daemon=True))
         for t in self._threads:
             t.start()
+        _LIVE.add(self)
 
     def _supervise(self) -> None:
         """Restart the audio process if it dies (not when stopped)."""
@@ -993,7 +1021,9 @@ class AudioProcess:
         self._running = False
 
     def close(self) -> None:
-        """Stop and free the shared memory. Idempotent."""
+        """Stop and free the grids' shared memory. Idempotent. Stats, ``active_voices`` and
+        ``blocks`` keep their last values (the small control segment is unlinked now and
+        unmapped with this object)."""
         if self._closed:
             return
         self.stop()
@@ -1006,8 +1036,8 @@ class AudioProcess:
                 _try_close(seg)
             self._grids.clear()
             self._zombies.clear()
-        self._sh.release()
-        _close_segment(self._seg)
+        with contextlib.suppress(FileNotFoundError):
+            self._seg.unlink()
 
     def kill(self) -> None:
         """SIGKILL the audio process (tests: the supervisor restarts it)."""
@@ -1023,8 +1053,10 @@ class AudioProcess:
 
     def __del__(self):
         with contextlib.suppress(Exception):
-            if not self._closed:
-                self.close()
+            self.close()
+        with contextlib.suppress(Exception):
+            self._sh.release()
+            _try_close(self._seg)
 
 
 def _try_close(seg) -> bool:

@@ -40,6 +40,7 @@ Owns: nothing of the box's state. Imports: the standard library and numpy.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -48,7 +49,7 @@ import zlib
 from multiprocessing import shared_memory
 from pathlib import Path
 
-__all__ = ["Counters", "Ring", "SeqLock", "create_segment", "attach_segment", "get_object",
+__all__ = ["Counters", "Ring", "Segment", "SeqLock", "create_segment", "attach_segment", "get_object",
            "put_object", "remove_stale", "SEGMENT_PREFIX"]
 
 SEGMENT_PREFIX = "morphbox-"
@@ -62,16 +63,25 @@ def _align(n: int, a: int = _ALIGN) -> int:
 
 # ---- segments ---------------------------------------------------------------------------------
 
-def create_segment(size: int, tag: str) -> shared_memory.SharedMemory:
+class Segment(shared_memory.SharedMemory):
+    """A ``SharedMemory`` that may be dropped while views of it live: its mapping then goes
+    when the last view does (the standard class complains from ``__del__``)."""
+
+    def __del__(self):
+        with contextlib.suppress(BufferError, OSError):
+            self.close()
+
+
+def create_segment(size: int, tag: str) -> Segment:
     """A new zero-filled segment of at least ``size`` bytes named
     ``morphbox-<pid>-<tag>-<n>``. Raises ``OSError`` (e.g. /dev/shm full)."""
     name = f"{SEGMENT_PREFIX}{os.getpid()}-{tag}-{next(_counter)}"
-    return shared_memory.SharedMemory(name=name, create=True, size=max(int(size), 1))
+    return Segment(name=name, create=True, size=max(int(size), 1))
 
 
-def attach_segment(name: str) -> shared_memory.SharedMemory:
+def attach_segment(name: str) -> Segment:
     """Map the existing segment ``name``. Raises ``FileNotFoundError`` if it is gone."""
-    return shared_memory.SharedMemory(name=name, create=False)
+    return Segment(name=name, create=False)
 
 
 def remove_stale(shm_dir: str | os.PathLike = "/dev/shm") -> list[str]:

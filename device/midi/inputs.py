@@ -327,8 +327,11 @@ def rtmidi_scanner(put: Put, api: str = "alsa", ignore: Iterable[str] = (),
 class SerialMidiInput(ThreadPart):
     """DIN MIDI from a serial device (a UART at 31250 baud, 8N1).
 
-    ``device``: e.g. ``/dev/serial0``. Linux termios has no 31250 baud constant: on the Pi the
-    ``dtoverlay=midi-uart0`` overlay makes the UART run at 31250 when 38400 is asked for, which
+    ``device``: e.g. ``/dev/ttyAMA0`` (UART0 on GPIO 14/15 on every Pi model with the boot
+    config ``deploy/setup.sh`` writes; ``/dev/serial0`` points to it on a Pi 3/4 but to the
+    debug UART on a Pi 5). Linux termios has no 31250 baud constant: on the Pi the
+    ``midi-uart0`` (``midi-uart0-pi5``) overlay makes the UART run at 31250 when 38400 is
+    asked for, which
     is what this sets (``baud`` may name another standard rate for other adapters). If the
     device is missing or fails, it is re-opened every ``reopen_s`` seconds.
     """
@@ -358,14 +361,23 @@ class SerialMidiInput(ThreadPart):
         return fd
 
     def loop(self) -> None:
+        last_error = None
         while not self._stop.is_set():
             try:
                 fd = self._open()
             except OSError as e:
-                log.debug("DIN MIDI %s: %s", self.device, e)
+                # a warning the first time (and when the reason changes), then quietly retried
+                level = logging.DEBUG if str(e) == last_error else logging.WARNING
+                log.log(level, "DIN MIDI %s: %s (retrying every %g s; is the UART enabled "
+                        "and the service user in group dialout?)", self.device, e,
+                        self.reopen_s)
+                last_error = str(e)
                 if self._stop.wait(self.reopen_s):
                     return
                 continue
+            if last_error is not None:
+                log.info("DIN MIDI %s opened", self.device)
+                last_error = None
             self.is_open = True
             try:
                 while not self._stop.is_set():
