@@ -100,7 +100,7 @@ subst() { sed -e "s|@I2C_HZ@|$I2C_HZ|" -e "s|@HAT@|$HAT|" -e "s|@PROFILE@|$PROFI
               -e "s|@BIND@|$BIND|" "$1"; }
 
 # The board, for the log (the boot config itself covers every model with [piN] filters).
-MODEL="$(tr -d '\0' < "$ROOT/proc/device-tree/model" 2>/dev/null || true)"
+MODEL="$( { tr -d '\0' < "$ROOT/proc/device-tree/model"; } 2>/dev/null || true)"
 echo "system: $ARCH, ${MODEL:-not a Raspberry Pi (or unknown model)}, systemd: $SYSTEMD"
 
 step "apt packages: $APT_PKGS (+ $APT_OPTIONAL where the archive has it)"
@@ -179,11 +179,11 @@ if [ "$SYSTEMD" = yes ]; then
   run systemctl daemon-reload
   run systemctl enable morphbox-cpu-performance.service morphbox.service
   run systemctl restart morphbox.service
-elif command -v systemctl >/dev/null 2>&1; then
-  echo "    systemd is not running: units enabled offline, nothing started"
-  run systemctl enable morphbox-cpu-performance.service morphbox.service
 else
-  echo "    skipped: systemd is not running and not installed (chroot/image): nothing enabled"
+  echo "    systemd is not running (chroot, container, image): nothing started"
+  if command -v systemctl >/dev/null 2>&1; then  # enabling works offline
+    run systemctl enable morphbox-cpu-performance.service morphbox.service
+  fi
 fi
 
 step "check: the installed morphbox imports (engine, audio process, TFLite runtime)"
