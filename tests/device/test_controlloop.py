@@ -37,7 +37,7 @@ def make(service, name="sim", **overrides):
     profile = load_profile(name, {"sim": {}, **overrides} if name == "sim" else overrides)
     profile.data.pop("sim", None)
     rig = SimRig(profile)
-    loop = attach(service, profile, rig=rig)
+    loop = attach(service, profile, rig=rig, clock=lambda: 0.0)  # time is what step() gets
     service._parts.remove(loop)  # the module's service is never started
     return loop, rig
 
@@ -251,7 +251,7 @@ def test_missing_oled_is_reported_once_and_the_rest_runs(service, caplog):
     rig = SimRig(profile)
     rig.bus.detach(0x3D)
     with caplog.at_level(logging.WARNING):
-        loop = attach(service, profile, rig=rig)
+        loop = attach(service, profile, rig=rig, clock=lambda: 0.0)  # time is what step() gets
     service._parts.remove(loop)
     assert loop.display is None
     assert sum("running without a display" in r.message for r in caplog.records) == 1
