@@ -331,8 +331,7 @@ class SerialMidiInput(ThreadPart):
     config ``deploy/setup.sh`` writes; ``/dev/serial0`` points to it on a Pi 3/4 but to the
     debug UART on a Pi 5). Linux termios has no 31250 baud constant: on the Pi the
     ``midi-uart0`` (``midi-uart0-pi5``) overlay makes the UART run at 31250 when 38400 is
-    asked for, which
-    is what this sets (``baud`` may name another standard rate for other adapters). If the
+    asked for, which is what this sets (``baud`` may name another standard rate for other adapters). If the
     device is missing or fails, it is re-opened every ``reopen_s`` seconds.
     """
 
@@ -344,6 +343,7 @@ class SerialMidiInput(ThreadPart):
         self.put, self.device, self.baud, self.reopen_s = put, device, baud, reopen_s
         self.parser = MidiParser()
         self.is_open = False
+        self.open_failures = 0  # in a row; the first is logged as a warning
 
     def _open(self) -> int:
         import termios
@@ -361,24 +361,21 @@ class SerialMidiInput(ThreadPart):
         return fd
 
     def loop(self) -> None:
-        last_error = None
         while not self._stop.is_set():
             try:
                 fd = self._open()
             except OSError as e:
-                # a warning the first time (and when the reason changes), then quietly retried
-                level = logging.DEBUG if str(e) == last_error else logging.WARNING
-                log.log(level, "DIN MIDI %s: %s (retrying every %g s; is the UART enabled "
-                        "and the service user in group dialout?)", self.device, e,
-                        self.reopen_s)
-                last_error = str(e)
+                self.open_failures += 1
+                (log.warning if self.open_failures == 1 else log.debug)(
+                    "DIN MIDI %s cannot be opened (retrying every %g s): %s", self.device,
+                    self.reopen_s, e)
                 if self._stop.wait(self.reopen_s):
                     return
                 continue
-            if last_error is not None:
-                log.info("DIN MIDI %s opened", self.device)
-                last_error = None
             self.is_open = True
+            if self.open_failures:
+                log.info("DIN MIDI %s open", self.device)
+            self.open_failures = 0
             try:
                 while not self._stop.is_set():
                     ready, _, _ = select.select([fd], [], [], 0.2)
