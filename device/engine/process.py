@@ -381,6 +381,7 @@ class _AudioSide:
         self.playing = (generation, grid, grid_seg)
         self.retired: list = []
         self.zombies: list = []  # replaced segments still to unmap (views were alive)
+        self._loader_lock = threading.Lock()  # never taken by a live render thread
         self._swap_block = 0
         shape = (spec.engine.block_size, spec.engine.channels)
         self._tap_buf = np.zeros(spec.layout.tap_payload, np.uint8)
@@ -455,7 +456,13 @@ class _AudioSide:
     # -- the loader thread ------------------------------------------------------------------
     def housekeeping(self) -> None:
         """Map a newly posted grid (hand it to the render thread) and let go of replaced ones
-        once the engine has moved past them (so no unmap ever happens in the render thread)."""
+        once the engine has moved past them (so no unmap ever happens in the render thread).
+        The loader thread calls it every 10 ms; manual output also before each render (so a
+        grid set before a block plays in that block, as in the engine)."""
+        with self._loader_lock:
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
         r = self.sh.grid.read_struct(_GRID_MSG)
         if r is not None:
             gen, raw = r[0]
@@ -517,6 +524,7 @@ class _ManualOutput:
             if ev[0] != RENDER:
                 side.apply(ev)
                 continue
+            side.housekeeping()
             for _ in range(max(1, ev[4])):
                 t0 = time.perf_counter()
                 try:
