@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"), flush=True)
     st = service.run(seconds)
     print(f"played {st['blocks']} blocks: {st['late_blocks']} late, {st['xruns']} xruns, "
-          f"{st['errors']} errors")
+          f"{st['errors']} errors, max render {st['max_render_ms']:.2f} ms, "
+          f"{st['voices']} voices sounding at the end")
     ap = st.get("audio_process")
     if ap:
         print(f"audio process: pid {ap['pid']}, "

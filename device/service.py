@@ -295,7 +295,8 @@ class Service:
                 "corners": instrument_names(self.pack, self.corners.corners),
                 "voices": self.engine.active_voices, "audio_device": self.output.device_name,
                 "blocks": st.blocks, "late_blocks": st.late_blocks, "xruns": st.xruns,
-                "errors": st.errors, "recording": self.recorder.recording,
+                "errors": st.errors, "max_render_ms": round(st.max_render_s * 1000, 3),
+                "recording": self.recorder.recording,
                 "audio_process": self.audio_process.info() if self.audio_process else None}
 
     def run(self, seconds: float | None = None) -> dict:

@@ -408,6 +408,14 @@ class AudioStream:
             return False
 
     @property
+    def output_latency_s(self) -> float:
+        """PortAudio's output latency of the open stream, seconds (0 before :meth:`start`)."""
+        try:
+            return float(self._stream.get_output_latency()) if self._stream is not None else 0.0
+        except (OSError, AttributeError):
+            return 0.0
+
+    @property
     def last_error(self) -> BaseException | None:
         """The last exception raised by ``render_block`` (for logging outside the callback)."""
         return self._callback.last_error

@@ -103,7 +103,7 @@ TAP_SECONDS = 0.75  # audio the tap ring holds between the service's drains
 #: Words the audio process writes (stats and state).
 _STATS = ("blocks", "late_blocks", "xruns", "errors", "max_render_s", "render_s_total",
           "voices", "engine_blocks", "pid", "boot", "ready", "realtime", "rt_priority",
-          "mlocked", "grid_generation", "last_block_time", "events")
+          "mlocked", "grid_generation", "last_block_time", "events", "output_latency_s")
 #: Words the service writes (requests).
 _FLAGS = ("taps", "stop", "service_pid")
 
@@ -601,6 +601,7 @@ def audio_main(spec: _Spec) -> None:
     with contextlib.suppress(OSError, AttributeError):  # this thread: loader, not audio
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     _put_text(sh.device, getattr(output, "device_name", "?"))
+    st["output_latency_s"] = getattr(output, "output_latency_s", 0.0)
     log.info("audio process %d: %s, %s, %s", os.getpid(), output.device_name,
              f"SCHED_FIFO priority {rt.priority}" if rt.fifo else "normal scheduling",
              "memory locked" if rt.mlocked else "memory not locked")
@@ -879,6 +880,7 @@ class AudioProcess:
                 "sched_fifo": bool(st["realtime"]), "rt_priority": int(st["rt_priority"]),
                 "mlocked": bool(st["mlocked"]), "events_dropped": self._sh.events.dropped,
                 "tap_dropped": self._sh.taps.dropped,
+                "output_latency_ms": 1000 * st["output_latency_s"],
                 "render_mean_ms": 1000 * st["render_s_total"] / max(1, st["blocks"])}
 
     def _spawn(self) -> None:

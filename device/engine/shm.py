@@ -49,8 +49,8 @@ import zlib
 from multiprocessing import shared_memory
 from pathlib import Path
 
-__all__ = ["Counters", "Ring", "Segment", "SeqLock", "create_segment", "attach_segment", "get_object",
-           "put_object", "remove_stale", "SEGMENT_PREFIX"]
+__all__ = ["Counters", "Ring", "Segment", "SeqLock", "create_segment", "attach_segment",
+           "get_object", "put_object", "remove_stale", "SEGMENT_PREFIX"]
 
 SEGMENT_PREFIX = "morphbox-"
 _ALIGN = 64

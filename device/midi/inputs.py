@@ -331,8 +331,8 @@ class SerialMidiInput(ThreadPart):
     config ``deploy/setup.sh`` writes; ``/dev/serial0`` points to it on a Pi 3/4 but to the
     debug UART on a Pi 5). Linux termios has no 31250 baud constant: on the Pi the
     ``midi-uart0`` (``midi-uart0-pi5``) overlay makes the UART run at 31250 when 38400 is
-    asked for, which is what this sets (``baud`` may name another standard rate for other adapters). If the
-    device is missing or fails, it is re-opened every ``reopen_s`` seconds.
+    asked for, which is what this sets (``baud`` may name another standard rate for other
+    adapters). If the device is missing or fails, it is re-opened every ``reopen_s`` seconds.
     """
 
     name = "midi-din"
