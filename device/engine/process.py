@@ -190,9 +190,19 @@ def request_realtime(priority: int, lock_memory: bool = True) -> RealtimeStatus:
                         priority, fifo_error)
     mlocked, mlock_error = False, ""
     if lock_memory:
+        # MCL_FUTURE only without a memlock limit: under a finite one it would make later
+        # allocations (a new grid, Python's heap) fail; then lock what is mapped now
+        flags = _MCL_CURRENT
+        try:
+            import resource
+            unlimited = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] == resource.RLIM_INFINITY
+        except (ImportError, OSError, ValueError):
+            unlimited = False
+        if unlimited or os.geteuid() == 0:
+            flags |= _MCL_FUTURE
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0:
+            if libc.mlockall(flags) == 0:
                 mlocked = True
             else:
                 mlock_error = os.strerror(ctypes.get_errno())
@@ -203,6 +213,9 @@ def request_realtime(priority: int, lock_memory: bool = True) -> RealtimeStatus:
                         "under memory pressure; allow it with LimitMEMLOCK=infinity (the box's "
                         "unit sets it) or a memlock limit in /etc/security/limits.d",
                         mlock_error)
+        elif not flags & _MCL_FUTURE:
+            log.info("audio process: memory locked as it is now (a memlock limit is set, so "
+                     "memory mapped later, e.g. new grids, is not locked)")
     return RealtimeStatus(fifo, int(priority) if fifo else 0, mlocked, fifo_error, mlock_error)
 
 
@@ -382,6 +395,7 @@ class _AudioSide:
         self.retired: list = []
         self.zombies: list = []  # replaced segments still to unmap (views were alive)
         self._loader_lock = threading.Lock()  # never taken by a live render thread
+        self._failed = 0  # the last grid generation that could not be mapped
         self._swap_block = 0
         shape = (spec.engine.block_size, spec.engine.channels)
         self._tap_buf = np.zeros(spec.layout.tap_payload, np.uint8)
@@ -467,14 +481,17 @@ class _AudioSide:
         if r is not None:
             gen, raw = r[0]
             newest = self.pending[0] if self.pending is not None else self.playing[0]
-            if gen > newest:
+            if gen > newest and gen != self._failed:
                 name = raw.rstrip(b"\0").decode()
                 try:
                     seg = shm.attach_segment(name)
                     grid = shm.get_object(seg)
                     _prefault(grid)
-                except (FileNotFoundError, ValueError) as exc:
-                    log.debug("grid %d (%s) not loaded: %s", gen, name, exc)
+                except (OSError, ValueError) as exc:  # gone already, or no memory for it
+                    if not isinstance(exc, FileNotFoundError) and gen != self._failed:
+                        log.warning("grid %d (%s) cannot be mapped: %s; the current grid "
+                                    "plays on", gen, name, exc)
+                    self._failed = gen
                 else:
                     if self.pending is not None:  # never taken: a newer one replaces it
                         self.retired.append(self.pending)

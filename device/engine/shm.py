@@ -41,6 +41,7 @@ Owns: nothing of the box's state. Imports: the standard library and numpy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import pickle
@@ -72,11 +73,22 @@ class Segment(shared_memory.SharedMemory):
             self.close()
 
 
-def create_segment(size: int, tag: str) -> Segment:
+def create_segment(size: int, tag: str, shm_dir: str = "/dev/shm") -> Segment:
     """A new zero-filled segment of at least ``size`` bytes named
-    ``morphbox-<pid>-<tag>-<n>``. Raises ``OSError`` (e.g. /dev/shm full)."""
+    ``morphbox-<pid>-<tag>-<n>``. Raises ``OSError`` (ENOSPC) if ``shm_dir`` has not that much
+    room: shared memory is a sparse tmpfs file, and writing past its room would end the
+    process with SIGBUS instead of an error."""
+    size = max(int(size), 1)
+    try:
+        st = os.statvfs(shm_dir)
+        room = st.f_bavail * st.f_frsize
+    except OSError:
+        room = None
+    if room is not None and size > room:
+        raise OSError(errno.ENOSPC, f"{shm_dir} has {room / 1e6:.0f} MB free, "
+                      f"{size / 1e6:.0f} MB needed for shared memory")
     name = f"{SEGMENT_PREFIX}{os.getpid()}-{tag}-{next(_counter)}"
-    return Segment(name=name, create=True, size=max(int(size), 1))
+    return Segment(name=name, create=True, size=size)
 
 
 def attach_segment(name: str) -> Segment:
