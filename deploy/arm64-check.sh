@@ -131,6 +131,13 @@ mount --rbind /dev "$WORK/dev" && mount --make-rslave "$WORK/dev"
 mount --bind "$CACHE/pip" "$WORK/root/.cache/pip"
 mount --bind "$CACHE/apt-archives" "$WORK/var/cache/apt/archives"
 cp -L /etc/resolv.conf "$WORK/etc/resolv.conf"
+# a host behind a TLS-inspecting proxy trusts its CA in /usr/local/share/ca-certificates:
+# the root trusts it too (setup.sh's ca-certificates install picks it up), or pip fails
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  mkdir -p "$WORK/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$WORK/usr/local/share/ca-certificates/"
+  echo "host CA certificates: $(ls /usr/local/share/ca-certificates/*.crt | wc -l) copied"
+fi
 # the checkout as it is (tracked and untracked files, not the ignored ones)
 (cd "$SRC" && git ls-files -coz --exclude-standard | tar --null -T - --ignore-failed-read -cf -) \
   | tar -C "$WORK/src/morphbox" -xf -

@@ -103,7 +103,8 @@ TAP_SECONDS = 0.75  # audio the tap ring holds between the service's drains
 #: Words the audio process writes (stats and state).
 _STATS = ("blocks", "late_blocks", "xruns", "errors", "max_render_s", "render_s_total",
           "voices", "engine_blocks", "pid", "boot", "ready", "realtime", "rt_priority",
-          "mlocked", "grid_generation", "last_block_time", "events", "output_latency_s")
+          "mlocked", "grid_generation", "last_block_time", "events", "output_latency_s",
+          "controls_version")
 #: Words the service writes (requests).
 _FLAGS = ("taps", "stop", "service_pid")
 
@@ -389,7 +390,6 @@ class _AudioSide:
         self.engine = Engine(grid, spec.engine)
         self.codec = ControlCodec()
         self._ctl_version = -1
-        self._pull_controls()
         self.pending = None  # (generation, grid, segment) from the loader, taken at a block start
         self.playing = (generation, grid, grid_seg)
         self.retired: list = []
@@ -406,6 +406,7 @@ class _AudioSide:
         self._flags = sh.flags
         self._manual = spec.config.output == "manual"
         sh.stats["grid_generation"] = generation
+        self._pull_controls()
 
     # -- the render thread ------------------------------------------------------------------
     def apply(self, ev) -> None:
@@ -441,6 +442,7 @@ class _AudioSide:
         if r is not None:
             self.engine.controls.snapshot = self.codec.decode(r[0])
             self._ctl_version = r[1]
+            self._stats["controls_version"] = r[1]
 
     def render(self, drain: bool = True) -> np.ndarray:
         """One block (the stream callback's ``render_block``)."""
@@ -697,9 +699,10 @@ class _SharedControls(Controls):
 
     def update(self, **changes) -> ControlState:
         with self._lock:
-            self.snapshot = dataclasses.replace(self.snapshot, **changes)
-            self._publish(self.snapshot)
-            return self.snapshot
+            new = dataclasses.replace(self.snapshot, **changes)
+            self._publish(new)  # the audio process's copy first, then this process's
+            self.snapshot = new
+            return new
 
 
 class AudioProcess:
