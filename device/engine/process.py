@@ -390,9 +390,12 @@ class _AudioSide:
         self.engine = Engine(grid, spec.engine)
         self.codec = ControlCodec()
         self._ctl_version = -1
-        self.pending = None  # (generation, grid, segment) from the loader, taken at a block start
+        # the grid hand-over, one swap at a time: the loader fills ``pending``; the render
+        # thread swaps it in at a block start and leaves the grid it replaced in ``swapped``;
+        # the loader lets go of that once the engine has rendered with the new one
+        self.pending = None  # (generation, grid, segment)
         self.playing = (generation, grid, grid_seg)
-        self.retired: list = []
+        self.swapped = None
         self.zombies: list = []  # replaced segments still to unmap (views were alive)
         self._loader_lock = threading.Lock()  # never taken by a live render thread
         self._failed = 0  # the last grid generation that could not be mapped
@@ -450,12 +453,12 @@ class _AudioSide:
             self._drain()
         self._pull_controls()
         p = self.pending
-        if p is not None:
-            self.pending = None
+        if p is not None and self.swapped is None:
             self.engine.set_grid(p[1])
-            self.retired.append(self.playing)
-            self.playing = p
             self._swap_block = self.engine.blocks
+            self.swapped = self.playing
+            self.playing = p
+            self.pending = None
             self._stats["grid_generation"] = p[0]
         block = self.engine.render_block()
         st = self._stats
@@ -479,31 +482,34 @@ class _AudioSide:
             self._housekeeping()
 
     def _housekeeping(self) -> None:
-        r = self.sh.grid.read_struct(_GRID_MSG)
-        if r is not None:
-            gen, raw = r[0]
-            newest = self.pending[0] if self.pending is not None else self.playing[0]
-            if gen > newest and gen != self._failed:
-                name = raw.rstrip(b"\0").decode()
-                try:
-                    seg = shm.attach_segment(name)
-                    grid = shm.get_object(seg)
-                    _prefault(grid)
-                except (OSError, ValueError) as exc:  # gone already, or no memory for it
-                    if not isinstance(exc, FileNotFoundError) and gen != self._failed:
-                        log.warning("grid %d (%s) cannot be mapped: %s; the current grid "
-                                    "plays on", gen, name, exc)
-                    self._failed = gen
-                else:
-                    if self.pending is not None:  # never taken: a newer one replaces it
-                        self.retired.append(self.pending)
-                    self.pending = (gen, grid, seg)
-        if self.retired and self.engine.blocks > self._swap_block + 1:
-            segs = [seg for _gen, _grid, seg in self.retired]
-            self.retired = []  # the last references to the old grids' arrays
-            self.zombies.extend(segs)
+        old = self.swapped
+        if old is not None:
+            if self.engine.blocks < self._swap_block + 1:
+                return  # the engine has not rendered with the new grid yet
+            self.zombies.append(old[2])
+            self.swapped = old = None  # the last references to the old grid's arrays
         if self.zombies:
             self.zombies = [seg for seg in self.zombies if not _try_close(seg)]
+        if self.pending is not None:
+            return  # not taken yet
+        r = self.sh.grid.read_struct(_GRID_MSG)
+        if r is None:
+            return
+        gen, raw = r[0]
+        if gen <= self.playing[0] or gen == self._failed:
+            return
+        name = raw.rstrip(b"\0").decode()
+        try:
+            seg = shm.attach_segment(name)
+            grid = shm.get_object(seg)
+            _prefault(grid)
+        except (OSError, ValueError) as exc:  # gone already (a newer one follows), no memory
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("grid %d (%s) cannot be mapped: %s; the current grid plays on",
+                            gen, name, exc)
+            self._failed = gen
+            return
+        self.pending = (gen, grid, seg)
 
 
 def _prefault(obj) -> None:
@@ -640,8 +646,7 @@ def audio_main(spec: _Spec) -> None:
     finally:
         with contextlib.suppress(Exception):
             output.close()
-        side.pending = None
-        side.retired.clear()
+        side.pending = side.swapped = None
         side.zombies.clear()
     os._exit(0)  # skip interpreter teardown (views into shared memory, PortAudio)
 
