@@ -20,10 +20,11 @@ as the box runs it, in a process of its own (``python -m morphbox.device --audio
 
 At the end every note is released and, 2 s later, the voices still sounding are counted
 (stuck notes). Reported: blocks, late blocks (a render longer than the 2.67 ms block
-period), xruns (JACK), render errors, max render time, stuck notes, MIDI messages applied vs
-sent, rebuilds and pack swaps done, and the RSS of each process (service, audio process,
-forkserver, keyboard) after a 30 s warm-up and at the end. Targets: 0 late blocks, 0 stuck
-notes, RSS growth < 5 MB per process.
+period), xruns (JACK), render errors, max render time, stuck notes, MIDI messages sent,
+rebuilds and pack swaps done, and the RSS of each process (service, audio process,
+forkserver, keyboard), sampled every 2 s: the peak of the first minute after a 30 s warm-up
+against the peak of the last minute (a rebuild or an upload moves RSS by tens of MB for a
+moment). Targets: 0 late blocks, 0 stuck notes, RSS growth < 5 MB per process.
 
 Prints markdown tables.
 """
@@ -76,13 +77,15 @@ for line in sys.stdin:
     t0 = t_next = time.perf_counter()
     next_corner = t0 + 10.0
     while time.perf_counter() - t0 < seconds:
-        for _ in range(batch):
+        k = 0
+        while k < batch:
             r = rng.random()
             if r < 0.40:  # re-strike a held note: 2 messages
                 n = rng.choice(notes)
                 out.send_message([0x80, n, 0])
                 out.send_message([0x90, n, rng.randrange(30, 128)])
                 sent += 2
+                k += 2
                 continue
             if r < 0.65:
                 msg = [0xB0, rng.choice((1, 16, 17, 2)), rng.randrange(128)]
@@ -98,6 +101,7 @@ for line in sys.stdin:
                 msg = [0xF8]  # clock
             out.send_message(msg)
             sent += 1
+            k += 1
         now = time.perf_counter()
         if now >= next_corner:  # a corner instrument: a grid rebuild in the service
             corner += 1
@@ -153,6 +157,24 @@ def _processes(service_pid: int) -> dict[str, int]:
         elif "resource_tracker" in cmd:
             found["resource tracker"] = c
     return found
+
+
+def _rss_windows(samples, start: float, end: float, window: float = 60.0):
+    """Per process, the largest RSS in the first and in the last ``window`` seconds of the
+    measured part (a pack upload or a grid rebuild every 10-20 s moves RSS by tens of MB for
+    a moment: comparing peaks over a minute compares like with like)."""
+    window = min(window, max(2.0, (end - start) / 2))
+    first: dict = {}
+    last: dict = {}
+    for t, rss in samples:
+        for name, kb in rss.items():
+            if kb is None:
+                continue
+            if start <= t < start + window:
+                first[name] = max(first.get(name, 0), kb)
+            if end - window <= t <= end:
+                last[name] = max(last.get(name, 0), kb)
+    return first, last
 
 
 class Api:
@@ -238,6 +260,14 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path) -> dict:
         t0 = time.monotonic()
         stop = threading.Event()
         polls, uploads, errors = [0], [0], []
+        samples: list[tuple[float, dict]] = []  # (seconds since the start, {process: kB})
+
+        def sampler():
+            while not stop.wait(2.0):
+                now = time.monotonic() - t0
+                names = dict(procs)
+                names.update({k: v for k, v in _processes(svc.pid).items() if k not in names})
+                samples.append((now, {k: _rss_kb(p) for k, p in names.items()}))
 
         def poller():
             while not stop.is_set():
@@ -262,17 +292,16 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path) -> dict:
                 except (OSError, RuntimeError) as exc:
                     errors.append(f"upload: {exc}")
 
-        threads = [threading.Thread(target=f, daemon=True) for f in (poller, uploader)]
+        threads = [threading.Thread(target=f, daemon=True)
+                   for f in (poller, uploader, sampler)]
         for t in threads:
             t.start()
         time.sleep(WARMUP_S)
         procs.update({k: v for k, v in _processes(svc.pid).items() if k not in procs})
-        rss0 = {k: _rss_kb(p) for k, p in procs.items()}
         st0 = api.call("GET", "/api/status")
         answer = kbd.stdout.readline().split()  # the keyboard finished (all notes off)
         sent = int(answer[1]) if answer and answer[0] == "sent" else -1
         elapsed = time.monotonic() - t0 - WARMUP_S
-        rss1 = {k: _rss_kb(p) for k, p in procs.items()}
         stop.set()
         for t in threads:
             t.join(60)
@@ -288,6 +317,7 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path) -> dict:
         log.close()
         jack.terminate()
         jack.wait(10)
+    rss0, rss1 = _rss_windows(samples, WARMUP_S, WARMUP_S + elapsed)
     text = (tmp / log.name).read_text()
     m = re.search(r"max render ([\d.]+) ms", text)
     a0, a1 = st0["audio"], st1["audio"]
@@ -333,7 +363,9 @@ def main(argv=None) -> int:
         print(f"| {label} | {r['blocks']} | {r['late']} | {r['xruns']} | {r['errors']} | "
               f"{r['max_render_ms']:.2f} ms | {r['stuck']} | {r['sent']} ({r['rate']:.0f}/s) | "
               f"{r['rebuilds']} | {r['uploads']} | {r['polls']} | {r['restarts']} |")
-    print("\n| audio | process | RSS after warm-up | RSS at the end | growth |")
+    print("\nRSS: the largest sample (every 2 s) in the first and in the last minute of the "
+          "measured run\n")
+    print("| audio | process | RSS, first minute | RSS, last minute | growth |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
         label = "audio process" if r["audio_process"] == "yes" else "in-process"
