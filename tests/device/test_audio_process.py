@@ -273,3 +273,14 @@ def test_the_service_plays_through_jack_from_the_audio_process(jack_server, tmp_
         service.stop()
     assert "system" in service.output.device_name
     assert status["blocks"] > 0 and status["errors"] == 0
+
+
+def test_choosing_the_audio_process(monkeypatch):
+    from morphbox.device.service import use_audio_process
+    assert use_audio_process("yes") and not use_audio_process("no")
+    monkeypatch.setenv("MORPHBOX_AUDIO_PROCESS", "yes")
+    assert use_audio_process("auto") and not use_audio_process("no")
+    monkeypatch.setenv("MORPHBOX_AUDIO_PROCESS", "no")
+    assert not use_audio_process("auto") and use_audio_process("yes")
+    with pytest.raises(ValueError, match="auto, yes or no"):
+        use_audio_process("maybe")
