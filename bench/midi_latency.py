@@ -55,8 +55,11 @@ def start_jackd(name: str) -> subprocess.Popen:
         sys.exit("jackd is not installed (apt-get install jackd2)")
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
     log = open(Path(tempfile.gettempdir()) / f"{name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SR),
-                             "-p", str(BLOCK)], stdin=subprocess.DEVNULL, stdout=log,
+    cmd = [jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", str(BLOCK)]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:  # jackd goes with the bench, however the bench ends
+        cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
     env["JACK_DEFAULT_SERVER"] = name
     deadline = time.monotonic() + 20

@@ -888,7 +888,8 @@ class AudioProcess:
 
     @property
     def device_name(self) -> str:
-        return _text(self._sh.device) or "audio process (starting)"
+        """The output the audio process plays to (known once it started)."""
+        return _text(self._sh.device) or f"an audio process (output {self.process_config.output})"
 
     @property
     def active(self) -> bool:
