@@ -33,7 +33,8 @@ float64 arrays, so per-voice data needs no new channel, only new record kinds/fi
 The audio process (:func:`audio_main`) asks for ``SCHED_FIFO`` at ``rt_priority`` and for
 ``mlockall`` (:func:`request_realtime`), and logs plainly when it cannot (no privileges: it
 runs on at normal priority). Its render thread never takes a lock, never reads a file, never
-logs; a loader thread maps new grids and watches the service. If the service dies the audio
+logs; a loader thread (one real-time priority below, so that it is never preempted by other
+processes while holding the GIL) maps new grids and watches the service. If the service dies the audio
 process exits; if the audio process dies the service restarts it (:class:`AudioProcess`): the
 new one starts with no voices sounding (the rings are reset, so no stale note-on replays and
 no note can hang) and the current controls and grid.
@@ -623,8 +624,12 @@ def audio_main(spec: _Spec) -> None:
         sh.release()
         seg.close()
         os._exit(3)
-    with contextlib.suppress(OSError, AttributeError):  # this thread: loader, not audio
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    # this thread becomes the loader: below the render thread, but still real-time, so the
+    # other processes of a busy machine cannot preempt it while it holds the GIL the render
+    # thread needs (a priority inversion through the GIL); it sleeps 10 ms between passes
+    if rt.fifo:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(max(1, rt.priority - 1)))
     _put_text(sh.device, getattr(output, "device_name", "?"))
     st["output_latency_s"] = getattr(output, "output_latency_s", 0.0)
     log.info("audio process %d: %s, %s, %s", os.getpid(), output.device_name,
