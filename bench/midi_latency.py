@@ -49,13 +49,17 @@ import numpy as np  # noqa: E402
 SR, BLOCK = 48000, 128
 
 
-def start_jackd(name: str) -> subprocess.Popen:
+def start_jackd(name: str, realtime: bool = False) -> subprocess.Popen:
+    """``jackd -d dummy`` at 48 kHz / 128 frames named ``name``; ``realtime``: with
+    real-time scheduling (``-R``: its clock thread is not starved by a busy machine; needs
+    the privilege, as on the box), else ``--no-realtime``."""
     jackd = shutil.which("jackd")
     if jackd is None:
         sys.exit("jackd is not installed (apt-get install jackd2)")
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
     log = open(Path(tempfile.gettempdir()) / f"{name}.log", "wb")  # noqa: SIM115
-    cmd = [jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", str(BLOCK)]
+    cmd = [jackd, "-n", name, "-R" if realtime else "--no-realtime", "-d", "dummy", "-r",
+           str(SR), "-p", str(BLOCK)]
     setpriv = shutil.which("setpriv")
     if setpriv is not None:  # jackd goes with the bench, however the bench ends
         cmd = [setpriv, "--pdeathsig", "TERM", *cmd]

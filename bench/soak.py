@@ -308,10 +308,18 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path) -> dict:
         time.sleep(2.0)  # the longest release is long over
         st1 = api.call("GET", "/api/status")
         procs_end = _processes(svc.pid)
+    except BaseException:
+        log.flush()
+        print(f"--- service log ({log.name}) ---\n{Path(log.name).read_text()[-6000:]}",
+              file=sys.stderr)
+        raise
     finally:
         if kbd is not None:
             kbd.stdin.close()
-            kbd.wait(10)
+            try:
+                kbd.wait(10)
+            except subprocess.TimeoutExpired:
+                kbd.kill()
         svc.terminate()
         svc.wait(60)
         log.close()

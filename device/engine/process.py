@@ -32,12 +32,15 @@ float64 arrays, so per-voice data needs no new channel, only new record kinds/fi
 
 The audio process (:func:`audio_main`) asks for ``SCHED_FIFO`` at ``rt_priority`` and for
 ``mlockall`` (:func:`request_realtime`), and logs plainly when it cannot (no privileges: it
-runs on at normal priority). Its render thread never takes a lock, never reads a file, never
-logs; a loader thread (one real-time priority below, so that it is never preempted by other
-processes while holding the GIL) maps new grids and watches the service. If the service dies the audio
-process exits; if the audio process dies the service restarts it (:class:`AudioProcess`): the
-new one starts with no voices sounding (the rings are reset, so no stale note-on replays and
-no note can hang) and the current controls and grid.
+runs on at normal priority). The thread that renders is made SCHED_FIFO at its first block if
+the output's library created it otherwise (libjack does, with a JACK server without real-time;
+a real-time JACK server's own priority is kept). The render thread never takes a lock, never
+reads a file, never logs; a loader thread, one real-time priority below it (so that other
+processes cannot preempt it while it holds the GIL the render needs), maps new grids and
+watches the service. If the service dies the audio process exits; if the audio process dies
+the service restarts it (:class:`AudioProcess`): the new one starts with no voices sounding
+(the rings are reset, so no stale note-on replays and no note can hang) and the current
+controls and grid.
 
 :class:`AudioProcess` is the service side. It has the engine's public API (``note_on``,
 ``note_off``, ``all_notes_off``, ``all_sound_off``, ``controls``, ``set_grid``, ``grid``,
@@ -409,6 +412,8 @@ class _AudioSide:
         self._stats = sh.stats
         self._flags = sh.flags
         self._manual = spec.config.output == "manual"
+        self.rt_priority = 0  # set when SCHED_FIFO was granted: the render thread asks too
+        self.render_priority = 0  # the render thread's real-time priority, once it ran
         sh.stats["grid_generation"] = generation
         self._pull_controls()
 
@@ -450,6 +455,8 @@ class _AudioSide:
 
     def render(self, drain: bool = True) -> np.ndarray:
         """One block (the stream callback's ``render_block``)."""
+        if self.rt_priority:
+            self._realtime_here()
         if drain:
             self._drain()
         self._pull_controls()
@@ -472,6 +479,18 @@ class _AudioSide:
             np.copyto(self._tap_audio, block, casting="same_kind")
             self.sh.taps.write(self._tap_buf)
         return block
+
+    def _realtime_here(self) -> None:
+        """First block: make the thread that calls us SCHED_FIFO if it is not real-time yet,
+        and note its priority (the loader thread goes one below it). Threads the output
+        creates itself inherit SCHED_FIFO, but libjack makes its process thread with normal
+        scheduling when the JACK server runs without real-time (and with JACK's own priority
+        when it does: then it is left alone). Two system calls, once."""
+        prio, self.rt_priority = self.rt_priority, 0
+        with contextlib.suppress(OSError, AttributeError):
+            if os.sched_getscheduler(0) not in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+            self.render_priority = os.sched_getparam(0).sched_priority
 
     # -- the loader thread ------------------------------------------------------------------
     def housekeeping(self) -> None:
@@ -616,6 +635,7 @@ def audio_main(spec: _Spec) -> None:
         st["rt_priority"] = rt.priority
         st["mlocked"] = 1.0 if rt.mlocked else 0.0
         stats = _SharedStats(st)
+        side.rt_priority = rt.priority if rt.fifo else 0
         output = _open_output(side, spec, stats)
         output.start()  # its thread is created now and inherits SCHED_FIFO
     except Exception as exc:  # noqa: BLE001 - reported to the service, which raises/logs it
@@ -627,9 +647,9 @@ def audio_main(spec: _Spec) -> None:
     # this thread becomes the loader: below the render thread, but still real-time, so the
     # other processes of a busy machine cannot preempt it while it holds the GIL the render
     # thread needs (a priority inversion through the GIL); it sleeps 10 ms between passes
-    if rt.fifo:
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(max(1, rt.priority - 1)))
+    loader_priority = -1
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     _put_text(sh.device, getattr(output, "device_name", "?"))
     st["output_latency_s"] = getattr(output, "output_latency_s", 0.0)
     log.info("audio process %d: %s, %s, %s", os.getpid(), output.device_name,
@@ -639,6 +659,12 @@ def audio_main(spec: _Spec) -> None:
     next_watch = 0.0
     try:
         while not sh.flags["stop"]:
+            if rt.fifo and side.render_priority != loader_priority:
+                loader_priority = side.render_priority
+                with contextlib.suppress(OSError, AttributeError):
+                    if loader_priority > 1:
+                        os.sched_setscheduler(0, os.SCHED_FIFO,
+                                              os.sched_param(loader_priority - 1))
             side.housekeeping()
             now = time.monotonic()
             if now >= next_watch:
