@@ -304,13 +304,15 @@ def main(argv=None) -> int:
     ap.add_argument("--notes", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=int, default=1000, help="storm messages per second")
+    ap.add_argument("--jack-rt", action="store_true",
+                    help="run jackd with real-time scheduling (-R; needs the privilege)")
     ap.add_argument("--audio-process", default="no,yes",
                     help="comma-separated runs: no (engine in this process), yes (audio "
                     "process)")
     args = ap.parse_args(argv)
 
     results = []
-    proc = start_jackd(f"morphbox-bench-{os.getpid()}")
+    proc = start_jackd(f"morphbox-bench-{os.getpid()}", realtime=args.jack_rt)
     try:
         for mode in args.audio_process.split(","):
             results.append(run(mode.strip(), args))
@@ -320,7 +322,8 @@ def main(argv=None) -> int:
 
     target = 2 * BLOCK / SR * 1000 + 1
     print(f"MIDI latency: JACK virtual MIDI port -> router -> engine -> PortAudio/JACK "
-          f"({SR} Hz, {BLOCK}-frame blocks = {BLOCK / SR * 1000:.2f} ms), "
+          f"({SR} Hz, {BLOCK}-frame blocks = {BLOCK / SR * 1000:.2f} ms, jackd "
+          f"{'-R' if args.jack_rt else '--no-realtime'}), "
           f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| engine | notes | missed | to render, median | p99 | max | + output buffer | "
           "total median | total p99 | target | max render |")

@@ -3,8 +3,10 @@ process.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--audio-process yes,no] [--rate 1000]
 
-For each ``--audio-process`` value it starts its own JACK server (``jackd --no-realtime -d dummy
--r 48000 -p 128``: a real-time-paced audio clock without a sound card) and the box's service
+For each ``--audio-process`` value it starts its own JACK server (``jackd -R -d dummy -r 48000
+-p 128``: a real-time-paced audio clock without a sound card; ``-R`` so that the clock itself
+is not starved by the machine's other load, as a sound card's is not; ``--jack-rt no`` drops
+it) and the box's service
 as the box runs it, in a process of its own (``python -m morphbox.device --audio device
 --midi-in --api --profile <sim at 500 Hz>``), then for ``--minutes``:
 
@@ -223,9 +225,9 @@ def _profile(tmp: Path) -> Path:
     return path
 
 
-def soak(audio_process: str, seconds: float, rate: int, tmp: Path) -> dict:
+def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool) -> dict:
     archives, token = _packs(tmp)
-    jack = start_jackd(f"morphbox-soak-{os.getpid()}-{audio_process}")
+    jack = start_jackd(f"morphbox-soak-{os.getpid()}-{audio_process}", realtime=jack_rt)
     port = 8790 + (audio_process == "yes")
     midi_cfg = tmp / "midi.toml"
     midi_cfg.write_text("alsa = false\njack = true\n")
@@ -349,11 +351,20 @@ def main(argv=None) -> int:
                     help="comma-separated: yes (the box's way), no (in-process engine)")
     ap.add_argument("--rate", type=int, default=1000, help="MIDI messages per second")
     ap.add_argument("--show-log", action="store_true", help="print the service's log tail")
+    ap.add_argument("--jack-rt", choices=("auto", "yes", "no"), default="auto",
+                    help="run jackd with real-time scheduling (-R) so that the audio clock "
+                    "itself is not starved by the machine's other load, as on the box; auto: "
+                    "if allowed (root or an rtprio limit)")
     args = ap.parse_args(argv)
+    if args.jack_rt == "auto":
+        import resource
+        jack_rt = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] > 0
+    else:
+        jack_rt = args.jack_rt == "yes"
     rows = []
     for mode in args.audio_process.split(","):
         with tempfile.TemporaryDirectory(prefix="morphbox-soak-") as tmp:
-            r = soak(mode.strip(), args.minutes * 60, args.rate, Path(tmp))
+            r = soak(mode.strip(), args.minutes * 60, args.rate, Path(tmp), jack_rt)
         rows.append(r)
         if args.show_log or r["problems"]:
             print(r["log"], file=sys.stderr)
@@ -361,7 +372,8 @@ def main(argv=None) -> int:
     print(f"Soak: {args.minutes:g} min after a {WARMUP_S:.0f} s warm-up, {args.rate} MIDI "
           f"msgs/s, 32 notes held and re-struck, touch polled at 500 Hz, OLED, a pack "
           f"upload every 20 s, a corner rebuild every 10 s, the API polled every 100 ms; "
-          f"JACK dummy 48 kHz / 128 frames; {platform.machine()}, {os.cpu_count()} cores, "
+          f"JACK dummy 48 kHz / 128 frames ({'real-time' if jack_rt else 'no real-time'}); "
+          f"{platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}\n")
     print("| audio | blocks | late blocks | xruns | errors | max render | stuck notes | "
           "MIDI sent | rebuilds | pack swaps | API polls | restarts |")
