@@ -414,42 +414,10 @@ class PackStore:
         with self._inflight_lock:
             self._inflight -= promised
 
-    def prune_recordings(self, keep_free: int = 0) -> list[str]:
-        """Delete the oldest recordings (a ``.wav`` with its ``.mid``) until they take at most
-        ``recordings_cap_bytes`` and, if ``keep_free`` > 0, until that much more than the
-        reserve is free. The newest recording is never deleted (it may be running). Returns the
-        names deleted."""
-        try:
-            files = [p for p in self.recordings_dir.iterdir()
-                     if recording_name_ok(p.name) and p.is_file() and not p.is_symlink()]
-        except OSError:
-            return []
-        sessions: dict[str, list[Path]] = {}
-        for p in files:
-            sessions.setdefault(p.stem, []).append(p)
-
-        def newest(ps):
-            return max(p.stat().st_mtime for p in ps)
-
-        order = sorted(sessions.values(), key=newest)
-        total = sum(p.stat().st_size for p in files)
-        deleted = []
-        for ps in order[:-1]:
-            if total <= self.recordings_cap_bytes and (
-                    keep_free <= 0 or self.free_bytes() >= keep_free):
-                break
-            for p in ps:
-                try:
-                    size = p.stat().st_size
-                    p.unlink()
-                    total -= size
-                    deleted.append(p.name)
-                except OSError as exc:
-                    log.warning("cannot prune recording %s: %s", p, exc)
-        if deleted:
-            log.info("pruned old recordings (cap %.0f MB): %s", self.recordings_cap_bytes / 1e6,
-                     ", ".join(sorted(deleted)))
-        return deleted
+    def prune_recordings(self, keep: int = 1) -> list[str]:
+        """Delete the oldest recordings past ``recordings_cap_bytes``
+        (:func:`prune_recordings`); the newest ``keep`` sessions stay (one may be running)."""
+        return prune_recordings(self.recordings_dir, self.recordings_cap_bytes, keep)
 
     # ---- install ----------------------------------------------------------------------------
 
@@ -656,6 +624,38 @@ class PackStore:
             raise PackError("no loadable pack, not even the built-in one: " + "; ".join(problems))
 
 
+def prune_recordings(directory: Path, cap_bytes: int, keep: int = 1) -> list[str]:
+    """Delete the oldest recordings in ``directory`` (a session's ``.wav`` and ``.mid``
+    together, oldest modification first) until they take at most ``cap_bytes``; the newest
+    ``keep`` sessions are never deleted (one may be recording). Returns the names deleted."""
+    try:
+        files = [p for p in Path(directory).iterdir()
+                 if recording_name_ok(p.name) and p.is_file() and not p.is_symlink()]
+        sizes = {p: p.stat() for p in files}
+    except OSError:
+        return []
+    sessions: dict[str, list[Path]] = {}
+    for p in files:
+        sessions.setdefault(p.stem, []).append(p)
+    order = sorted(sessions.values(), key=lambda ps: max(sizes[p].st_mtime for p in ps))
+    total = sum(st.st_size for st in sizes.values())
+    deleted = []
+    for ps in order[:max(len(order) - keep, 0)]:
+        if total <= cap_bytes:
+            break
+        for p in ps:
+            try:
+                p.unlink()
+                total -= sizes[p].st_size
+                deleted.append(p.name)
+            except OSError as exc:
+                log.warning("cannot prune recording %s: %s", p, exc)
+    if deleted:
+        log.info("pruned the oldest recordings past the %.0f MB cap: %s", cap_bytes / 1e6,
+                 ", ".join(sorted(deleted)))
+    return deleted
+
+
 def _disk_error(exc: OSError, what: str) -> StoreError:
     """An OSError while writing the state directory as a StoreError: 507 for a full disk or
     quota, else 500 (a storage fault, not the request's)."""
@@ -697,4 +697,4 @@ class _Checked:
 
 
 __all__ = ["PACK_NAME", "BUILTIN", "PackStore", "StoreError", "Activation", "state_root",
-           "atomic_write", "pack_id_ok", "recording_name_ok"]
+           "atomic_write", "pack_id_ok", "recording_name_ok", "prune_recordings"]
