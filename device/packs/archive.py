@@ -19,7 +19,8 @@ manifest ``format_version``), ``name`` (pack name), ``key_id`` (signer, see :fun
 covers the whole archive; the members are checked as they stream past.
 
 Refusals raise :class:`ArchiveError` with a ``code`` (``format``, ``version``,
-``signature``, ``traversal``, ``corrupt``, ``too_large``) and a message for people.
+``signature``, ``traversal``, ``corrupt``, ``too_large``, ``schema``) and a message for
+people.
 
 numpy-free; needs ``cryptography`` (Ed25519).
 """
@@ -57,7 +58,7 @@ def pack_name_ok(name) -> bool:
 
 class ArchiveError(Exception):
     """An archive is refused. ``code``: format, version, signature, traversal, corrupt,
-    too_large (the HTTP API maps it to a status)."""
+    too_large, schema (the HTTP API maps it to a status)."""
 
     def __init__(self, message: str, code: str = "format"):
         super().__init__(message)
@@ -303,8 +304,7 @@ def extract_archive(f, dest: str | os.PathLike, trusted: dict[str, bytes],
     try:
         manifest = strict_json((dest / MANIFEST).read_bytes(), MANIFEST)
     except SchemaError as exc:
-        raise ArchiveError(f"{MANIFEST} in the archive is not usable JSON: {exc}", "format") \
-            from None
+        raise ArchiveError(f"pack refused: {exc}", "schema") from None
     listed = set(manifest.get("members", {})) if isinstance(manifest, dict) else set()
     extra = sorted({m["name"] for m in hdr.members[1:]} - listed)
     if extra:

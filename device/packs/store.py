@@ -133,7 +133,7 @@ class StoreError(Exception):
 
 
 ARCHIVE_STATUS = {"format": 400, "traversal": 400, "corrupt": 422, "version": 422,
-                  "signature": 403, "too_large": 413}
+                  "signature": 403, "too_large": 413, "schema": 422}
 
 
 @dataclass(frozen=True)
