@@ -66,6 +66,9 @@ def _read_midi(path: Path):
     try:
         mf = mido.MidiFile(file=io.BytesIO(data))
     except EOFError:
+        if len(data) < 14:
+            raise MidiFileError(f"{path}: not a MIDI file ({len(data)} bytes, shorter than "
+                                "a MIDI header)") from None
         raise MidiFileError(f"{path}: truncated MIDI file (it ends inside a track)") from None
     except Exception as exc:  # noqa: BLE001 - mido raises OSError, ValueError, KeyError...
         reason = str(exc).split("\n")[0] or type(exc).__name__
