@@ -118,6 +118,8 @@ def _err(status: int, code: str, message: str) -> web.Response:
     resp = web.json_response({"error": message, "code": code}, status=status)
     if status in _CLOSE:
         resp.force_close()
+    if status == 429:
+        resp.headers["Retry-After"] = "2"
     return resp
 
 

@@ -553,9 +553,10 @@ class PackStore:
                 try:
                     apply(pack)
                 except ValueError as exc:
-                    raise StoreError(f"pack {pid} does not fit this engine, rolled back to "
-                                     f"{ptr['active']} (still playing): {exc}", 422,
-                                     "load_failed") from None
+                    why = "failed its sound check" if str(exc).startswith("sound check") \
+                        else "does not fit this engine"
+                    raise StoreError(f"pack {pid} {why}, rolled back to {ptr['active']} "
+                                     f"(still playing): {exc}", 422, "load_failed") from None
                 except Exception as exc:  # noqa: BLE001
                     log.exception("pack %s could not be put to use", pid)
                     raise StoreError(f"pack {pid} could not be played, rolled back to "
