@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -282,7 +283,7 @@ def run_restarts(box: Box, good: str, packs: dict[str, Path]) -> None:
         row(f"restart with {name}", f"started in {secs:.1f} s" if up else "**did not start**",
             yes(st.get("active") == expect) + f" ({st.get('active', '?')[:14]})",
             yes(up and advancing(box, b0)), f"{rss_mb(box.pid):.0f}",
-            ("; ".join(st.get("recovered_from", [])) or "")[:90])
+            re.sub(r"/\S+/packs/[^:]+: ", "", "; ".join(st.get("recovered_from", [])))[:100])
         if name == "packs/ is a file":  # put the real packs back for what follows
             box.stop()
             for p in state.glob("packs.broken*"):
@@ -298,11 +299,11 @@ def run_restarts(box: Box, good: str, packs: dict[str, Path]) -> None:
 
 def run_midi(tmp: Path) -> None:
     files = {name: data for name, (data, _) in HOSTILE.items() if name != "empty"}
-    files["49 bytes: a note held 4.5e9 s"] = smf(0, 1, b"\x00\xff\x51\x03\xff\xff\xff"
+    files["a note held 4.5e9 s"] = smf(0, 1, b"\x00\xff\x51\x03\xff\xff\xff"
                                                   b"\x00\x90\x3c\x40" + vlq(0x0FFFFFFF)
                                                   + b"\x80\x3c\x00\x00\xff\x2f\x00")
     hour = 96 * 2 * 3600
-    files["42 bytes: an hour of silence"] = smf(0, 96, b"\x00\x90\x3c\x40" + vlq(96)
+    files["an hour of silence"] = smf(0, 96, b"\x00\x90\x3c\x40" + vlq(96)
                                                  + b"\x80\x3c\x00" + vlq(hour)
                                                  + b"\x90\x40\x40" + vlq(96)
                                                  + b"\x80\x40\x00\x00\xff\x2f\x00")
@@ -310,19 +311,29 @@ def run_midi(tmp: Path) -> None:
         mid = tmp / "hostile.mid"
         mid.write_bytes(data)
         out = tmp / "hostile.wav"
+        cmd = [sys.executable, "-m", "morphbox.host_tools.cli", "render", str(mid), "-o",
+               str(out)]
+        # peak RSS through GNU time: a child forked from this (large) process would report
+        # this process's peak as its own (Linux keeps maxrss across fork and exec)
+        timer = shutil.which("time") or "/usr/bin/time"
+        peak_file = tmp / "peak.txt"
+        if Path(timer).exists():
+            cmd = [timer, "-f", "%M", "-o", str(peak_file)] + cmd
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "morphbox.host_tools.cli", "render",
-                                 str(mid), "-o", str(out)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        res = subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=600)
         secs = time.monotonic() - t0
-        err = proc.stderr.read().decode(errors="replace").strip()
-        outline = proc.stdout.read().decode(errors="replace").strip()
-        code = os.waitstatus_to_exitcode(status)
+        err = res.stderr.decode(errors="replace").strip()
+        outline = res.stdout.decode(errors="replace").strip()
+        code = res.returncode
+        try:
+            peak = f"{int(peak_file.read_text().split()[-1]) / 1024:.0f} (render)"
+        except (OSError, ValueError, IndexError):
+            peak = "?"
         note = (err or outline).splitlines()[-1] if (err or outline) else ""
         note = note.replace(str(mid), "FILE")
+        note = note.replace(str(out), "OUT.wav")
         row(f"render: {name} ({len(data)} bytes)", f"exit {code}, {secs:.1f} s", "n/a", "n/a",
-            f"{usage.ru_maxrss / 1024:.0f} (render)", note[:90])
+            peak, note[:100])
 
 
 # ---- main ----------------------------------------------------------------------------------
