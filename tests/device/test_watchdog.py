@@ -250,3 +250,13 @@ def test_a_full_disk_stops_a_recording_and_refuses_a_new_one(boxed):
     store.reserve_bytes = 0
     assert service.start_recording()["recording"]
     service.stop_recording()
+
+
+def test_the_sound_check_plays_each_corner_where_it_is(tmp_path):
+    """A grid silent only at its SE point fails at SE, not elsewhere: the probe really moves
+    the morph to each corner."""
+    grid = grid_from_pack(load_pack(small_pack(tmp_path / "p", "p")))
+    fd = grid.frames_db.copy()
+    fd[-1, -1] = -120.0  # code 0: silence, partials and noise
+    with pytest.raises(SoundCheckError, match="silent at SE"):
+        sound_check(dataclasses.replace(grid, frames_db=fd))
