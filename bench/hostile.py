@@ -155,7 +155,8 @@ def run_http(box: Box, target: Target, active: str) -> None:
         b0 = box.blocks()
         out = run()
         st = box.status()
-        row(name, out.status if out.ok else f"**{out.status}**", yes(st.get("active") == active),
+        shown = out.status or "closed"
+        row(name, shown if out.ok else f"**{shown}**", yes(st.get("active") == active),
             yes(advancing(box, b0)), f"{rss_mb(box.pid):.0f}", out.note)
 
 

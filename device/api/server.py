@@ -78,6 +78,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -235,7 +236,9 @@ class ApiServer:
     ``allowed_hosts``: names accepted in the ``Host`` header besides IP addresses (default
     :func:`default_allowed_hosts`). ``max_uploads``: uploads at once (429 beyond).
     ``read_timeout_s``: longest wait for the next bytes of a request body (408);
-    ``upload_timeout_s``: longest one upload may take (408).
+    ``upload_timeout_s``: longest one upload may take (408); ``idle_timeout_s``: a connection
+    that has no request in progress for this long (a client sending its headers a byte at a
+    time, or an idle keep-alive) is closed.
     """
 
     name = "http-api"
@@ -243,13 +246,14 @@ class ApiServer:
     def __init__(self, service, store: PackStore, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, *, allowed_hosts: set[str] | None = None,
                  max_uploads: int = 2, read_timeout_s: float = 15.0,
-                 upload_timeout_s: float = 600.0):
+                 upload_timeout_s: float = 600.0, idle_timeout_s: float = 20.0):
         self.service, self.store = service, store
         self.host, self.port = host, port
         self.allowed_hosts = set(allowed_hosts) if allowed_hosts is not None else \
             default_allowed_hosts()
         self.max_uploads = max_uploads
         self.read_timeout_s, self.upload_timeout_s = read_timeout_s, upload_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.uploads = 0  # uploads running (event-loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -317,8 +321,10 @@ class ApiServer:
             self._ready.set()
             return
         log.info("HTTP API on %s", self.url)
+        sweeper = loop.create_task(self._sweep())
         self._ready.set()
         loop.run_forever()
+        sweeper.cancel()
         loop.run_until_complete(self._runner.cleanup())
         loop.close()
 
@@ -329,6 +335,28 @@ class ApiServer:
             self._thread.join(timeout=5)
         for pool in (self._pool, self._upload_pool, self._io_pool):
             pool.shutdown(wait=False)
+
+    async def _sweep(self) -> None:
+        """Close connections without a request in progress for ``idle_timeout_s``: aiohttp
+        has no timeout for a request's headers, so a client trickling them (slowloris) would
+        hold its connection for ever."""
+        idle_since: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
+            server = getattr(self._runner, "server", None)
+            now = loop.time()
+            for handler in list(getattr(server, "connections", ()) or ()):
+                if getattr(handler, "_request_in_progress", True):
+                    idle_since.pop(handler, None)
+                    continue
+                since = idle_since.setdefault(handler, now)
+                if now - since >= self.idle_timeout_s:
+                    idle_since.pop(handler, None)
+                    handler.force_close()
+                    transport = getattr(handler, "transport", None)
+                    if transport is not None:
+                        transport.close()
 
     # ---- helpers ----------------------------------------------------------------------------
 

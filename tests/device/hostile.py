@@ -397,6 +397,24 @@ def http_cases(t: Target) -> list[tuple[str, Callable[[], Outcome]]]:
         return Outcome(status, f"GET /api/packs answered in {listed * 1000:.0f} ms meanwhile",
                        r.status == 200 and listed < 5 and status == 408)
     cases.append(("stalled upload (packs listed meanwhile)", stalled))
+
+    def slowloris() -> Outcome:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", t.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            closed = False
+            while not closed and time.monotonic() - t0 < 90:
+                try:
+                    sock.sendall(b"a")
+                    closed = sock.recv(1, socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    time.sleep(0.2)
+                except OSError:
+                    closed = True
+        secs = time.monotonic() - t0
+        return Outcome(0, f"headers trickled: closed by the box after {secs:.0f} s"
+                       if closed else "still open after 90 s", closed)
+    cases.append(("headers sent a byte at a time", slowloris))
     return cases
 
 

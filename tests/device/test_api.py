@@ -232,7 +232,8 @@ def hostile_box(tmp_path):
     first = store.install_file(archive_of(pack, key))
     store.activate(first)
     service = Service(ServiceConfig(pack=store.startup()[1].path, audio="none"))
-    server = ApiServer(service, store, "127.0.0.1", 0, read_timeout_s=1.0, max_uploads=1)
+    server = ApiServer(service, store, "127.0.0.1", 0, read_timeout_s=1.0, max_uploads=1,
+                       idle_timeout_s=2.0)
     service.add(server)
     service.controls.set_touch(0.5, 0.5)
     service.start()
@@ -264,7 +265,8 @@ def test_every_hostile_http_case_is_refused_and_the_box_plays_on(hostile_box):
     for name, run in http_cases(hostile_box["target"]):
         before = _blocks(service)
         outcome = run()
-        if not outcome.ok or outcome.status >= 500 or outcome.status == 0:
+        if not outcome.ok or outcome.status >= 500 or (outcome.status == 0 and "slow"
+                                                        not in name and "byte" not in name):
             failures.append(f"{name}: {outcome.status} {outcome.note}")
         if store.pointer()["active"] != hostile_box["first"] or service.pack.name != "p120":
             failures.append(f"{name}: the active pack changed")
@@ -365,3 +367,29 @@ def test_upload_past_the_packs_quota_is_507_and_leaves_nothing(hostile_box):
                  chunked(data))
     assert r.status == 507 and "quota" in r.json()["error"]
     assert sorted(p.name for p in store.packs_dir.iterdir()) == [hostile_box["first"]]
+
+
+def test_a_client_trickling_its_headers_is_disconnected(hostile_box):
+    """Slowloris: aiohttp has no timeout for headers; the server's sweep closes a connection
+    that has had no request in progress for idle_timeout_s."""
+    import socket
+    server = hostile_box["server"]
+    server.idle_timeout_s = 1.0
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        closed = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not closed:
+            try:
+                sock.sendall(b"a")
+                closed = sock.recv(1, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:
+                closed = True
+        assert closed
+    finally:
+        sock.close()
+    st, _ = Api(server, None)("GET", "/api/status")  # others are still served
+    assert st == 200
