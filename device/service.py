@@ -28,6 +28,7 @@ Imports: every device sub-package (this is the top of the device layer).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
@@ -153,6 +154,7 @@ class PackWatchdog(ThreadPart):
         self.watch_s, self.max_bad, self.period_s = watch_s, max_bad, period_s
         self.until: float | None = None
         self.baseline = 0
+        self.watched: Pack | None = None  # the pack on probation
         self.rollbacks: list[str] = []  # what it did, for logs and tests
 
     def bad_blocks(self) -> int:
@@ -163,6 +165,7 @@ class PackWatchdog(ThreadPart):
     def arm(self, now: float | None = None) -> None:
         """Start watching (a pack was switched in)."""
         self.baseline = self.bad_blocks()
+        self.watched = self.service.pack
         self.until = (self.clock() if now is None else now) + self.watch_s
 
     def check(self, now: float) -> str | None:
@@ -174,7 +177,7 @@ class PackWatchdog(ThreadPart):
             if bad >= self.max_bad:
                 self.until = None
                 done = self.service.roll_back(f"{bad} audio blocks failed or came out "
-                                              "non-finite after the switch")
+                                              "non-finite after the switch", self.watched)
                 self.rollbacks.append(done)
             elif now > self.until:
                 self.until = None
@@ -329,9 +332,17 @@ class Service:
             self._fallback = Path(previous.path)
             self.watchdog.arm()
 
-    def roll_back(self, reason: str) -> str:
-        """The pack playing broke the audio (the watchdog saw it): go back to the pack played
-        before it, else the built-in one, and log why. Returns what was done."""
+    def roll_back(self, reason: str, failed: Pack | None = None) -> str:
+        """The pack playing (``failed``, if given: only if it still plays) broke the audio
+        (the watchdog saw it): go back to the pack played before it, else the built-in one,
+        and log why. Runs under the store's lock, so an activation cannot interleave. Returns
+        what was done."""
+        with self.store.lock if self.store is not None else contextlib.nullcontext():
+            if failed is not None and failed is not self.pack:
+                return "the pack changed meanwhile: nothing rolled back"
+            return self._roll_back(reason)
+
+    def _roll_back(self, reason: str) -> str:
         failed = self.pack
         failed_id = self._id_of(failed) or str(failed.path)
         self.engine.all_sound_off()

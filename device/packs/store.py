@@ -214,6 +214,12 @@ class PackStore:
         except OSError as exc:
             log.error("cannot make the state directory %s: %s", d, exc)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that serialises installs' final rename, activations, deletions and
+        rollbacks (re-entrant: held around a rollback that also writes the pointer)."""
+        return self._lock
+
     # ---- token and keys ---------------------------------------------------------------------
 
     @property

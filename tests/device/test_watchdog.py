@@ -260,3 +260,12 @@ def test_the_sound_check_plays_each_corner_where_it_is(tmp_path):
     fd[-1, -1] = -120.0  # code 0: silence, partials and noise
     with pytest.raises(SoundCheckError, match="silent at SE"):
         sound_check(dataclasses.replace(grid, frames_db=fd))
+
+
+def test_a_rollback_for_a_pack_no_longer_playing_does_nothing(boxed):
+    service, ids = boxed["service"], boxed["ids"]
+    watched = service.pack  # p200
+    service.activate_pack(ids[120])  # the player moved on meanwhile
+    assert service.roll_back("late report", watched) == ("the pack changed meanwhile: "
+                                                         "nothing rolled back")
+    assert service.pack.name == "p120" and boxed["store"].pointer()["active"] == ids[120]
