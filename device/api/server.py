@@ -78,7 +78,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -340,23 +339,25 @@ class ApiServer:
         """Close connections without a request in progress for ``idle_timeout_s``: aiohttp
         has no timeout for a request's headers, so a client trickling them (slowloris) would
         hold its connection for ever."""
-        idle_since: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        idle_since: dict[int, float] = {}  # id(handler) -> when first seen idle
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
-            server = getattr(self._runner, "server", None)
-            now = loop.time()
-            for handler in list(getattr(server, "connections", ()) or ()):
-                if getattr(handler, "_request_in_progress", True):
-                    idle_since.pop(handler, None)
-                    continue
-                since = idle_since.setdefault(handler, now)
-                if now - since >= self.idle_timeout_s:
-                    idle_since.pop(handler, None)
-                    handler.force_close()
-                    transport = getattr(handler, "transport", None)
-                    if transport is not None:
-                        transport.close()
+            try:
+                server = getattr(self._runner, "server", None)
+                now, seen = loop.time(), {}
+                for handler in list(getattr(server, "connections", ()) or ()):
+                    if getattr(handler, "_request_in_progress", True):
+                        continue
+                    since = seen[id(handler)] = idle_since.get(id(handler), now)
+                    if now - since >= self.idle_timeout_s:
+                        handler.force_close()
+                        transport = getattr(handler, "transport", None)
+                        if transport is not None:
+                            transport.close()
+                idle_since = seen
+            except Exception:  # noqa: BLE001 - the sweep never stops
+                log.exception("connection sweep")
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -204,6 +204,23 @@ def chunked(data: bytes, size: int = 1 << 14) -> Iterable[bytes]:
     yield b"0\r\n\r\n"
 
 
+def trickled_until_closed(sock: socket.socket, limit_s: float) -> bool:
+    """Send one byte every 0.2 s on ``sock`` until the server closes it (True) or
+    ``limit_s`` pass (False)."""
+    sock.setblocking(False)
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        try:
+            sock.send(b"a")
+            if sock.recv(1) == b"":
+                return True
+        except BlockingIOError:
+            time.sleep(0.2)
+        except OSError:  # reset, broken pipe: closed
+            return True
+    return False
+
+
 class Staller:
     """A client that sends an upload's headers and ``first`` body bytes, then nothing: its
     answer (after the server's read timeout) lands in :attr:`reply`."""
@@ -402,15 +419,7 @@ def http_cases(t: Target) -> list[tuple[str, Callable[[], Outcome]]]:
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", t.port), timeout=5) as sock:
             sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-            closed = False
-            while not closed and time.monotonic() - t0 < 90:
-                try:
-                    sock.sendall(b"a")
-                    closed = sock.recv(1, socket.MSG_DONTWAIT) == b""
-                except BlockingIOError:
-                    time.sleep(0.2)
-                except OSError:
-                    closed = True
+            closed = trickled_until_closed(sock, 90)
         secs = time.monotonic() - t0
         return Outcome(0, f"headers trickled: closed by the box after {secs:.0f} s"
                        if closed else "still open after 90 s", closed)

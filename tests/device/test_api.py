@@ -375,20 +375,13 @@ def test_a_client_trickling_its_headers_is_disconnected(hostile_box):
     import socket
     server = hostile_box["server"]
     server.idle_timeout_s = 1.0
+    from tests.device.hostile import trickled_until_closed
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
         sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        closed = False
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not closed:
-            try:
-                sock.sendall(b"a")
-                closed = sock.recv(1, socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                time.sleep(0.05)
-            except OSError:
-                closed = True
-        assert closed
+        t0 = time.monotonic()
+        assert trickled_until_closed(sock, 30)
+        assert time.monotonic() - t0 >= 0.5  # by the sweep, not at once
     finally:
         sock.close()
     st, _ = Api(server, None)("GET", "/api/status")  # others are still served
