@@ -371,10 +371,13 @@ def main(argv=None) -> int:
             yes(advancing(box, box.blocks())), f"{idle:.0f}")
         run_http(box, target, good)
         run_concurrent(box, target, good, args.uploads)
+        audio = box.status().get("audio", {})
+        print(f"\naudio of the first service through the HTTP cases and the uploads: "
+              f"{audio.get('blocks')} blocks, {audio.get('late_blocks')} late, "
+              f"{audio.get('xruns')} xruns, {audio.get('errors')} errors, "
+              f"{audio.get('nonfinite_blocks')} non-finite\n")
         if not args.skip_restarts:
             run_restarts(box, good, packs)
-        errors = box.status().get("audio", {})
-        print(f"audio after all cases: {errors}", file=sys.stderr)
     finally:
         box.stop()
     if not args.skip_midi:
