@@ -181,7 +181,7 @@ class PackWatchdog(ThreadPart):
                 self.rollbacks.append(done)
             elif now > self.until:
                 self.until = None
-        self.service.check_disk()
+        self.service.check_disk(now)
         return done
 
     def loop(self) -> None:
@@ -367,11 +367,17 @@ class Service:
         log.error("%s", text)
         return text
 
-    def check_disk(self) -> None:
-        """Stop a recording when the state filesystem is down to the store's reserve."""
-        if self.store is None or not self.recorder.recording:
+    def check_disk(self, now: float | None = None) -> None:
+        """While recording: every 10 s delete the oldest recordings past the cap (never the
+        running one), and stop the recording when the state filesystem is down to the
+        store's reserve."""
+        if not self.recorder.recording:
             return
-        if self.store.free_bytes() < 0:
+        now = monotonic() if now is None else now
+        if now - getattr(self, "_pruned_at", -1e9) >= 10.0:
+            self._pruned_at = now
+            prune_recordings(self.recorder.directory, self._recordings_cap(), keep=1)
+        if self.store is not None and self.store.free_bytes() < 0:
             log.error("the disk is full (%s): recording stopped", self.state_dir)
             self.stop_recording()
             self.say("disk full: recording stopped")
@@ -455,15 +461,18 @@ class Service:
 
     # ---- operations: recording ----------------------------------------------------------------
 
+    def _recordings_cap(self) -> int:
+        cap = self.config.recordings_cap_bytes
+        if cap is None:
+            cap = self.store.recordings_cap_bytes if self.store else DEFAULT_RECORDINGS_CAP_BYTES
+        return cap
+
     def start_recording(self, name: str | None = None) -> dict:
         """Start recording MIDI, morph and audio (:class:`Recorder`); returns the status.
         The oldest recordings past the cap are deleted first; raises ``OSError`` (ENOSPC) if
         the disk is down to the store's reserve."""
-        cap = self.config.recordings_cap_bytes
-        if cap is None:
-            cap = self.store.recordings_cap_bytes if self.store else DEFAULT_RECORDINGS_CAP_BYTES
         if not self.recorder.recording:
-            prune_recordings(self.recorder.directory, cap, keep=0)
+            prune_recordings(self.recorder.directory, self._recordings_cap(), keep=0)
         if self.store is not None and self.store.free_bytes() < 0:
             raise OSError(errno.ENOSPC, "the disk is full: delete packs or recordings")
         self.recorder.start_recording(name)

@@ -269,3 +269,20 @@ def test_a_rollback_for_a_pack_no_longer_playing_does_nothing(boxed):
     assert service.roll_back("late report", watched) == ("the pack changed meanwhile: "
                                                          "nothing rolled back")
     assert service.pack.name == "p120" and boxed["store"].pointer()["active"] == ids[120]
+
+
+def test_old_recordings_past_the_cap_are_pruned_while_recording(boxed):
+    service = boxed["service"]
+    rec = service.recorder.directory
+    rec.mkdir(parents=True, exist_ok=True)
+    old = rec / "20200101-000000.wav"
+    old.write_bytes(b"x" * 5000)
+    service.config.recordings_cap_bytes = 1000
+    service.start_recording()  # past the cap before it starts: the old session goes
+    assert not old.exists()
+    old.write_bytes(b"x" * 5000)
+    import os
+    os.utime(old, (1, 1))
+    service.watchdog.check(1e6)  # and while it runs (the running one stays)
+    assert not old.exists() and service.recorder.recording
+    service.stop_recording()
