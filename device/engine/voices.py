@@ -374,11 +374,11 @@ class Engine:
         if grid is not self._grid_seen:
             self._adopt_grid(grid)
         snap = self.controls.snapshot
+        if snap.morph_mode != self._mode:  # before the touch moves: voices were on _x, _y
+            self._change_mode(snap.morph_mode)
         a = self._smooth
         self._x += (snap.x - self._x) * a
         self._y += (snap.y - self._y) * a
-        if snap.morph_mode != self._mode:
-            self._change_mode(snap.morph_mode)
         if self._bend != snap.bend:
             self._bend += (snap.bend - self._bend) * a
             if abs(snap.bend - self._bend) < 1e-4:
