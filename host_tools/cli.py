@@ -52,7 +52,8 @@ def cmd_demo(args) -> int:
 def cmd_render(args) -> int:
     from morphbox.host_tools.demo import render_piece, write_wav
     cfg = _engine_config(args)
-    audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg)
+    audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg,
+                                     morph_mode=args.morph_mode)
     write_wav(args.output, audio, cfg.sample_rate)
     print(f"wrote {args.output} ({len(audio) / cfg.sample_rate:.1f} s) in {secs:.1f} s")
     return 0
@@ -212,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("render", help="render a MIDI file to WAV")
     engine_opts(sp)
     sp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    sp.add_argument("--morph-mode", choices=("follow", "latch", "mpe"), default="follow",
+                    help="where voices sit: on the touch path (follow), where it was at their "
+                    "note-on (latch), or moved by their own CC 74 and pressure (mpe); a file "
+                    "recorded on the box sets its own (docs/midi.md)")
     sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("play", help="play a MIDI file live on the audio output")

@@ -19,14 +19,18 @@ from morphbox.device.panel.paths import touch_path
 
 def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
                  path: str = "corners", config: EngineConfig | None = None,
+                 morph_mode: str = "follow",
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Render ``midi`` offline on ``pack`` with the touch following ``path``.
+    """Render ``midi`` offline on ``pack`` with the touch following ``path``, voices placed by
+    ``morph_mode`` (``follow``, ``latch``, ``mpe``; MPE files play per-note bend, pressure
+    and CC 74 in any mode, see :func:`morphbox.device.midi.router.dispatch`).
 
     Returns ``(audio (samples, channels) float32, touch_times (s), touch_xy (n, 2),
     seconds spent rendering)``.
     """
     grid = grid_from_pack(load_pack(pack))
     engine = Engine(grid, config)
+    engine.controls.set_morph_mode(morph_mode)
     events = midi_events(midi)
     route = touch_path(path)
     times, xy = [], []
