@@ -89,3 +89,34 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
     fig.suptitle(f"Morph grid of '{pack.name}' ({pack.manifest['mode']} mode): first 32 "
                  f"partials, MIDI {int(grid.anchors[a])}, t = {frame_s:g} s, dB", fontsize=11)
     return save_figure(fig, out, dpi=80)
+
+
+def plot_voices(audio: np.ndarray, sample_rate: int, times: np.ndarray,
+                positions: np.ndarray, notes, out: str | Path, title: str = "") -> Path:
+    """Spectrogram (dB, 0..2.5 kHz) of mono ``audio`` above each voice's morph position:
+    ``positions`` ``(blocks, voices, 2)`` (x, y) at ``times`` (s); ``notes`` label the voices.
+    Writes a PNG; returns its path."""
+    plt = pyplot()
+    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(10, 7), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 1, 1]})
+    n_fft, hop = 8192, 512
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
+    spec = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
+    keep = freqs <= 2500
+    t = (np.arange(spec.shape[1]) * hop + n_fft / 2) / sample_rate
+    vmax = spec[keep].max()
+    ax0.pcolormesh(t, freqs[keep] / 1000, spec[keep], shading="auto", cmap="magma",
+                   vmin=vmax - 70, vmax=vmax, rasterized=True)
+    ax0.set_ylabel("kHz")
+    ax0.set_title(title)
+    for v, note in enumerate(notes):
+        ax1.plot(times, positions[:, v, 0], label=f"MIDI {note}")
+        ax2.plot(times, positions[:, v, 1], label=f"MIDI {note}")
+    ax1.set_ylabel("x\n(west -> east)")
+    ax2.set_ylabel("y\n(north -> south)")
+    for ax in (ax1, ax2):
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax2.set_xlabel("time (s)")
+    return save_figure(fig, out, dpi=100)

@@ -432,7 +432,9 @@ class Engine:
             np.minimum(np.maximum(target, 0.0, out=target), 1.0, out=target)
         else:
             target = np.array([[snap.x], [snap.y]])
-        pos += (target - pos) * self._smooth
+        d = target - pos
+        pos += d * self._smooth
+        np.copyto(pos, target, where=np.abs(d) < 1e-12)  # arrived: no tail into denormals
         xy = pos[:, live]
         if mode == "follow" and np.abs(xy - [[self._x], [self._y]]).max() < 1e-9:
             self._spread = False  # all arrived: back on the shared touch from the next block

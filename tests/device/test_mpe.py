@@ -349,3 +349,17 @@ def test_morphbox_render_plays_an_mpe_file(tmp_path):
     for expected in (58.0, 62.0):
         got = cents_off(peak_hz(seg, float(midi_to_hz(expected))), expected)
         assert abs(got) < 5, f"MIDI {expected}: {got:+.1f} cents"
+
+
+def test_the_docs_mpe_example_moves_each_voice_its_own_way(tmp_path):
+    """docs/mpe.png's phrase: the sliding voice ends north, the pressing one east, the third
+    stays at the touch; the picture is written."""
+    from morphbox.host_tools.demo import render_mpe_example
+    from morphbox.host_tools.plots import plot_voices
+    r = render_mpe_example()
+    end = r["positions"][-1]
+    np.testing.assert_allclose(end, [[0.5, 0.0], [1.0, 0.5], [0.5, 0.5]], atol=1e-6)
+    assert np.isfinite(r["audio"]).all() and np.abs(r["audio"]).max() > 0.05
+    out = plot_voices(r["audio"], r["sample_rate"], r["times"], r["positions"], r["notes"],
+                      tmp_path / "mpe.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
