@@ -50,12 +50,18 @@ def cmd_demo(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from morphbox.host_tools.demo import render_piece, write_wav
+    """Render a MIDI file to WAV, streamed to the file. A malformed MIDI file is refused with
+    one line (exit 2, from main: ``MidiFileError`` is a ``ValueError``); an output that cannot
+    be written is exit 1."""
+    from morphbox.host_tools.demo import render_file
     cfg = _engine_config(args)
-    audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg,
-                                     morph_mode=args.morph_mode)
-    write_wav(args.output, audio, cfg.sample_rate)
-    print(f"wrote {args.output} ({len(audio) / cfg.sample_rate:.1f} s) in {secs:.1f} s")
+    try:
+        seconds, secs = render_file(args.midi, args.output, args.pack, args.path, cfg,
+                                    morph_mode=args.morph_mode)
+    except OSError as exc:
+        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({seconds:.1f} s) in {secs:.1f} s")
     return 0
 
 
@@ -66,6 +72,8 @@ def cmd_run(args) -> int:
 
 def cmd_play(args) -> int:
     from morphbox.device.main import run
+    from morphbox.device.midi.files import midi_events
+    midi_events(args.midi)  # a malformed file: one line and exit 2 before the audio opens
     args.audio, args.seconds, args.loop, args.state_dir = "device", None, False, None
     args.midi_in = args.record = args.api = False
     args.midi_config = args.profile = None

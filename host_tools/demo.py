@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from morphbox.device.engine.voices import Engine, EngineConfig
-from morphbox.device.midi.files import DEMO_MIDI, midi_events, play
+from morphbox.device.midi.files import DEMO_MIDI, midi_events, play, render_blocks
 from morphbox.device.packs.format import DEFAULT_PACK, grid_from_pack, load_pack
 from morphbox.device.panel.paths import touch_path
 
@@ -44,6 +44,44 @@ def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
     t0 = time.perf_counter()
     audio = play(engine, events, route, on_block=record)
     return audio, np.array(times), np.array(xy), time.perf_counter() - t0
+
+
+def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PACK,
+                path: str = "corners", config: EngineConfig | None = None,
+                morph_mode: str = "follow") -> tuple[float, float]:
+    """Render ``midi`` on ``pack`` with the touch following ``path`` straight into the 16-bit
+    WAV file ``out``, one second at a time: memory stays that of one second of audio however
+    long the piece. The MIDI file is read first (:func:`morphbox.device.midi.files.midi_events`
+    refuses a malformed one with :class:`~morphbox.device.midi.files.MidiFileError`), so a bad
+    file costs no pack load. Returns ``(seconds of audio, seconds spent rendering)``; raises
+    ``OSError`` if ``out`` cannot be written (a partial file is removed). ``morph_mode``:
+    ``follow``, ``latch`` or ``mpe`` (a file recorded on the box sets its own)."""
+    import soundfile as sf
+    events = midi_events(midi)
+    route = touch_path(path)
+    engine = Engine(grid_from_pack(load_pack(pack)), config)
+    engine.controls.set_morph_mode(morph_mode)
+    cfg = engine.config
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chunk = np.empty((max(1, cfg.sample_rate // cfg.block_size) * cfg.block_size,
+                      cfg.channels), np.float32)
+    frames, fill = 0, 0
+    t0 = time.perf_counter()
+    try:
+        with sf.SoundFile(str(out), "w", cfg.sample_rate, cfg.channels, "PCM_16") as f:
+            for block in render_blocks(engine, events, route):
+                chunk[fill:fill + len(block)] = block
+                fill += len(block)
+                if fill == len(chunk):
+                    f.write(chunk)
+                    frames, fill = frames + fill, 0
+            f.write(chunk[:fill])
+            frames += fill
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return frames / cfg.sample_rate, time.perf_counter() - t0
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

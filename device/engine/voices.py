@@ -173,6 +173,7 @@ class Engine:
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self._taps: tuple = ()
         self.blocks = 0
+        self.nonfinite_blocks = 0  # blocks that came out NaN/inf and were played as silence
 
     # ---- input entry points (producer threads) -------------------------------------------
     def note_on(self, note: int, velocity: int, channel: int = 0, bend: float = 0.0,
@@ -391,6 +392,10 @@ class Engine:
         else:
             mono = self._noise.silence()
         mono *= (vol0 + (vol1 - vol0) * self._ramp)
+        if not np.isfinite(mono).all():  # never to the DAC or the limiter: count, drop, silence
+            self.nonfinite_blocks += 1
+            mono[:] = 0.0
+            self._stage[:] = env.IDLE
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
         self.blocks += 1
