@@ -525,7 +525,8 @@ class Service:
                 "corners": instrument_names(self.pack, self.corners.corners),
                 "voices": self.engine.active_voices, "audio_device": self.output.device_name,
                 "blocks": st.blocks, "late_blocks": st.late_blocks, "xruns": st.xruns,
-                "errors": st.errors, "recording": self.recorder.recording}
+                "errors": st.errors, "recording": self.recorder.recording,
+                "morph_mode": self.controls.snapshot.morph_mode}
 
     def run(self, seconds: float | None = None) -> dict:
         """Start, run until ``seconds`` pass or SIGINT/SIGTERM, stop; returns the status."""

@@ -56,7 +56,8 @@ def cmd_render(args) -> int:
     from morphbox.host_tools.demo import render_file
     cfg = _engine_config(args)
     try:
-        seconds, secs = render_file(args.midi, args.output, args.pack, args.path, cfg)
+        seconds, secs = render_file(args.midi, args.output, args.pack, args.path, cfg,
+                                    morph_mode=args.morph_mode)
     except OSError as exc:
         print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("render", help="render a MIDI file to WAV")
     engine_opts(sp)
     sp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    sp.add_argument("--morph-mode", choices=("follow", "latch", "mpe"), default="follow",
+                    help="where voices sit: on the touch path (follow), where it was at their "
+                    "note-on (latch), or moved by their own CC 74 and pressure (mpe); a file "
+                    "recorded on the box sets its own (docs/midi.md)")
     sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("play", help="play a MIDI file live on the audio output")
