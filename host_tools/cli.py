@@ -57,7 +57,7 @@ def cmd_render(args) -> int:
     cfg = _engine_config(args)
     try:
         seconds, secs = render_file(args.midi, args.output, args.pack, args.path, cfg,
-                                    morph_mode=args.morph_mode)
+                                    morph_mode=args.morph_mode, mpe=args.mpe)
     except OSError as exc:
         print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "figure-eight or a CSV file of time,x,y (default: corners)")
         sp.add_argument("--block-size", type=int, default=128, choices=(64, 128, 256),
                         help="audio block in frames at 48 kHz (default 128)")
+        if midi:
+            sp.add_argument("--mpe", choices=("auto", "on", "off"), default="auto",
+                            help="MIDI Polyphonic Expression: auto (when the file has an MPE "
+                            "Configuration Message, as recordings made on the box do), on "
+                            "(channels 2-16 are member channels), off (plain MIDI)")
 
     sp = sub.add_parser("demo", help="play a Bach chorale morphing across the four corners")
     engine_opts(sp, midi=False)

@@ -19,11 +19,13 @@ from morphbox.device.panel.paths import touch_path
 
 def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
                  path: str = "corners", config: EngineConfig | None = None,
-                 morph_mode: str = "follow",
+                 morph_mode: str = "follow", mpe: str = "auto",
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Render ``midi`` offline on ``pack`` with the touch following ``path``, voices placed by
     ``morph_mode`` (``follow``, ``latch``, ``mpe``; MPE files play per-note bend, pressure
-    and CC 74 in any mode, see :func:`morphbox.device.midi.router.dispatch`).
+    and CC 74 in any mode, see :func:`morphbox.device.midi.router.dispatch`). ``mpe``:
+    ``auto`` (MPE if the file has an MPE Configuration Message), ``on`` or ``off``
+    (:func:`morphbox.device.midi.files.use_mpe`).
 
     Returns ``(audio (samples, channels) float32, touch_times (s), touch_xy (n, 2),
     seconds spent rendering)``.
@@ -42,20 +44,21 @@ def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
             xy.append((s.x, s.y))
 
     t0 = time.perf_counter()
-    audio = play(engine, events, route, on_block=record)
+    audio = play(engine, events, route, on_block=record, mpe=mpe)
     return audio, np.array(times), np.array(xy), time.perf_counter() - t0
 
 
 def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PACK,
                 path: str = "corners", config: EngineConfig | None = None,
-                morph_mode: str = "follow") -> tuple[float, float]:
+                morph_mode: str = "follow", mpe: str = "auto") -> tuple[float, float]:
     """Render ``midi`` on ``pack`` with the touch following ``path`` straight into the 16-bit
     WAV file ``out``, one second at a time: memory stays that of one second of audio however
     long the piece. The MIDI file is read first (:func:`morphbox.device.midi.files.midi_events`
     refuses a malformed one with :class:`~morphbox.device.midi.files.MidiFileError`), so a bad
     file costs no pack load. Returns ``(seconds of audio, seconds spent rendering)``; raises
     ``OSError`` if ``out`` cannot be written (a partial file is removed). ``morph_mode``:
-    ``follow``, ``latch`` or ``mpe`` (a file recorded on the box sets its own)."""
+    ``follow``, ``latch`` or ``mpe`` (a file recorded on the box sets its own); ``mpe`` as in
+    :func:`render_piece`."""
     import soundfile as sf
     events = midi_events(midi)
     route = touch_path(path)
@@ -70,7 +73,7 @@ def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PA
     t0 = time.perf_counter()
     try:
         with sf.SoundFile(str(out), "w", cfg.sample_rate, cfg.channels, "PCM_16") as f:
-            for block in render_blocks(engine, events, route):
+            for block in render_blocks(engine, events, route, mpe=mpe):
                 chunk[fill:fill + len(block)] = block
                 fill += len(block)
                 if fill == len(chunk):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from morphbox.device.common import ThreadPart, monotonic
-from morphbox.device.midi.router import dispatch
+from morphbox.device.midi.router import MpeZones, dispatch, dispatch_router
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_MIDI = ASSETS / "bach_bwv269.mid"
@@ -129,15 +129,53 @@ def midi_events(path: str | Path, max_silence_s: float = MAX_SILENCE_S,
     return events
 
 
+MPE_CHOICES = ("auto", "on", "off")
+
+
+def has_mcm(events: list) -> bool:
+    """True if ``events`` hold an MPE Configuration Message: RPN 6 (CC 101 = 0, CC 100 = 6,
+    then CC 6) on a zone's master channel, 1 or 16 (mido 0 or 15)."""
+    rpn: dict[int, tuple[int, int]] = {}
+    for _, msg in events:
+        if msg.type != "control_change" or msg.channel not in (0, 15):
+            continue
+        msb, lsb = rpn.get(msg.channel, (127, 127))
+        if msg.control == 101:
+            rpn[msg.channel] = (msg.value, lsb)
+        elif msg.control == 100:
+            rpn[msg.channel] = (msb, msg.value)
+        elif msg.control == 6 and (msb, lsb) == (0, 6):
+            return True
+    return False
+
+
+def use_mpe(engine, events: list, mpe: str = "auto") -> bool:
+    """Set the MPE zones of the router that plays ``events`` on ``engine``
+    (:func:`~morphbox.device.midi.router.dispatch_router`): ``on`` keeps the default lower
+    zone (15 member channels: per-note bend, pressure, CC 74 on channels 2..16), ``off`` plays
+    every channel as plain MIDI (one +-2 bend for all), ``auto`` is ``on`` only if the file
+    carries an MPE Configuration Message (:func:`has_mcm`; a recording made on the box always
+    does), so a multi-channel General MIDI file plays exactly as before MPE existed. Returns
+    whether MPE is on. Raises ValueError for another ``mpe``."""
+    if mpe not in MPE_CHOICES:
+        raise ValueError(f"mpe must be one of {', '.join(MPE_CHOICES)}, got {mpe!r}")
+    on = mpe == "on" or (mpe == "auto" and has_mcm(events))
+    if not on:
+        dispatch_router(engine).set_zones(MpeZones(lower=0, upper=0))
+    return on
+
+
 def render_blocks(engine, events: list, path=None, duration_s: float | None = None,
                   tail_s: float = 2.0, touch_rate: float = 200.0,
-                  on_block=None) -> Iterator[np.ndarray]:
+                  on_block=None, mpe: str = "auto") -> Iterator[np.ndarray]:
     """Render ``events`` (``[(time_s, mido.Message)]``) with the touch following ``path``,
     yielding one ``(block_size, channels)`` float32 block at a time (the engine's buffer:
     copy or write it before the next). ``duration_s`` defaults to the last event plus
     ``tail_s``. ``on_block(t)`` is called before each block (for recording the touch path).
     Messages go through :func:`morphbox.device.midi.router.dispatch` and the touch through
-    ``Controls.set_touch`` at ``touch_rate`` Hz, as live MIDI and the touch surface do."""
+    ``Controls.set_touch`` at ``touch_rate`` Hz, as live MIDI and the touch surface do.
+    ``mpe``: ``auto``, ``on`` or ``off`` (:func:`use_mpe`)."""
+    use_mpe(engine, events, mpe)
     cfg = engine.config
     if duration_s is None:
         duration_s = (events[-1][0] if events else 0.0) + tail_s
@@ -160,7 +198,8 @@ def render_blocks(engine, events: list, path=None, duration_s: float | None = No
 
 
 def play(engine, events: list, path=None, duration_s: float | None = None,
-         tail_s: float = 2.0, touch_rate: float = 200.0, on_block=None) -> np.ndarray:
+         tail_s: float = 2.0, touch_rate: float = 200.0, on_block=None,
+         mpe: str = "auto") -> np.ndarray:
     """Render ``events`` (``[(time_s, mido.Message)]``) with the touch following ``path``
     (:func:`render_blocks`). Returns ``(samples, channels)`` float32: memory for the whole
     piece (to write a long one to a file, use :func:`render_blocks`)."""
@@ -171,20 +210,24 @@ def play(engine, events: list, path=None, duration_s: float | None = None,
     n_blocks = int(math.ceil(duration_s * cfg.sample_rate / bs))
     out = np.empty((n_blocks * bs, cfg.channels), np.float32)
     for b, block in enumerate(render_blocks(engine, events, path, duration_s,
-                                            touch_rate=touch_rate, on_block=on_block)):
+                                            touch_rate=touch_rate, on_block=on_block,
+                                            mpe=mpe)):
         out[b * bs:(b + 1) * bs] = block
     return out
 
 
 class MidiFilePart(ThreadPart):
     """Simulated MIDI input: plays a file's messages in real time through
-    :func:`morphbox.device.midi.router.dispatch`, looping if ``loop`` (a service part)."""
+    :func:`morphbox.device.midi.router.dispatch`, looping if ``loop`` (a service part);
+    ``mpe`` as in :func:`use_mpe`."""
 
     name = "sim-midi"
 
-    def __init__(self, engine, events: list, loop: bool = False, clock=monotonic):
+    def __init__(self, engine, events: list, loop: bool = False, clock=monotonic,
+                 mpe: str = "auto"):
         super().__init__()
         self.engine, self.events, self.repeat, self.clock = engine, events, loop, clock
+        use_mpe(engine, events, mpe)
 
     def loop(self) -> None:
         while True:

@@ -363,3 +363,17 @@ def test_the_docs_mpe_example_moves_each_voice_its_own_way(tmp_path):
     out = plot_voices(r["audio"], r["sample_rate"], r["times"], r["positions"], r["notes"],
                       tmp_path / "mpe.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plain_multichannel_file_plays_as_before_unless_mpe_is_asked_for(grid):
+    """A General MIDI file bending a note on channel 2 (no MPE Configuration Message): in the
+    default ``auto`` the bend is the plain +-2 range, exactly as before MPE; ``on`` reads
+    channel 2 as an MPE member channel (+-48)."""
+    events = [(0.0, bend(1.0, ch=1, bend_range=2.0)),  # full-scale/2: +1 semitone at +-2
+              (0.0, on(57, ch=1))]
+    expected = {"auto": 58.0, "off": 58.0, "on": 57.0 + 48.0 / 2.0}
+    for mpe, want in expected.items():
+        engine = make_engine(grid)
+        audio = play(engine, events, duration_s=0.8, mpe=mpe)[int(0.3 * SR):, 0]
+        got = cents_off(peak_hz(audio, float(midi_to_hz(want))), want)
+        assert abs(got) < 5, f"mpe={mpe}: MIDI {want}: {got:+.1f} cents"
