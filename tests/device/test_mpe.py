@@ -284,7 +284,7 @@ def test_a_recorded_mpe_performance_replays_to_the_same_audio(grid, tmp_path):
     router.listeners.append(rec.on_midi)
     rec.start_recording("mpe")  # at time 0, the start of block 0
     clock.offset = 0.5  # messages arrive between block boundaries, as live ones do
-    original = play(engine, events, duration_s=1.6, on_block=lambda _t: rec.step())
+    original = play(engine, events, duration_s=1.6, on_block=lambda _t: rec.step(), mpe="on")
     done = rec.stop_recording()
     recorded = midi_events(done.midi)
     kinds = {m.type for _, m in recorded}
