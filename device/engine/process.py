@@ -93,10 +93,12 @@ __all__ = ["AudioProcess", "AudioProcessConfig", "ControlCodec", "EVENT", "audio
 
 # ---- records ------------------------------------------------------------------------------
 
-#: An event record: kind, note, velocity, channel (uint8), count (uint32), four float32 values
-#: (per-note data: MPE x, y, bend, pressure; unused by today's kinds).
-EVENT = struct.Struct("<BBBBIffff")
-NOTE_ON, NOTE_OFF, ALL_NOTES_OFF, ALL_SOUND_OFF, RENDER, CHANNEL = 1, 2, 3, 4, 5, 6
+#: An event record: kind, note, velocity, channel (uint8), count (uint32), four float64 values
+#: (per-voice expression: a note-on's bend, pressure and timbre; a voice control's bend,
+#: pressure and timbre, NaN = unchanged; one spare).
+EVENT = struct.Struct("<BBBBIdddd")
+NOTE_ON, NOTE_OFF, ALL_NOTES_OFF, ALL_SOUND_OFF, RENDER, VOICE = 1, 2, 3, 4, 5, 6
+_ANY_NOTE = 255  # a voice control for every note of the channel
 EVENT_CAPACITY = 4096  # 4 s of a 1000 messages/s storm if the audio process stalled
 
 _GRID_MSG = struct.Struct("<Q112s")  # generation, segment name
@@ -108,56 +110,94 @@ TAP_SECONDS = 0.75  # audio the tap ring holds between the service's drains
 _STATS = ("blocks", "late_blocks", "xruns", "errors", "max_render_s", "render_s_total",
           "voices", "engine_blocks", "pid", "boot", "ready", "realtime", "rt_priority",
           "mlocked", "grid_generation", "last_block_time", "events", "output_latency_s",
-          "controls_version")
+          "controls_version", "nonfinite_blocks")
 #: Words the service writes (requests).
-_FLAGS = ("taps", "stop", "service_pid")
+_FLAGS = ("taps", "stop", "service_pid", "positions")
 
 
 class ControlCodec:
-    """:class:`ControlState` <-> one fixed-size record of float64 values.
+    """:class:`ControlState` <-> one fixed-size record.
 
-    Every field becomes one float64 (bool and int fields are restored as such); a tuple field
-    (per-channel data) becomes as many float64 as its default has elements. The layout follows
-    the dataclass, so a field added to :class:`ControlState` is carried without changes here.
+    Numbers become float64 (bool and int fields come back as such), a tuple field (per-channel
+    data) as many float64 as its default has elements, a string field 32 bytes of UTF-8 (a
+    mode name), and a nested dataclass field (:class:`~.controls.Expression`) its own fields
+    in turn. The layout follows the dataclass, so a field added to :class:`ControlState` is
+    carried without changes here.
     """
+
+    _STR = 32
 
     def __init__(self, state_type=ControlState):
         self.state_type = state_type
-        default = state_type()
-        self._fields: list[tuple[str, type, int]] = []
-        n = 0
-        for f in dataclasses.fields(state_type):
-            v = getattr(default, f.name)
-            width = len(v) if isinstance(v, tuple) else 1
-            kind = tuple if isinstance(v, tuple) else type(v)
-            self._fields.append((f.name, kind, width))
-            n += width
-        self.struct = struct.Struct(f"<{n}d")
+        self._fields = self._plan(state_type)
+        self.struct = struct.Struct("<" + self._format(self._fields))
 
-    def encode(self, state) -> tuple[float, ...]:
-        out: list[float] = []
-        for name, kind, width in self._fields:
-            v = getattr(state, name)
-            if kind is tuple:
-                vals = [float(x) for x in tuple(v)[:width]]
-                out.extend(vals + [0.0] * (width - len(vals)))
+    @classmethod
+    def _format(cls, plan) -> str:
+        return "".join(cls._format(sub) if sub is not None else
+                       f"{cls._STR}s" if kind is str else "d" * width
+                       for _, kind, width, sub in plan)
+
+    @classmethod
+    def _plan(cls, dc) -> list:
+        """[(name, kind, width, sub-plan)] of dataclass ``dc`` (from its default instance)."""
+        default = dc()
+        plan = []
+        for f in dataclasses.fields(dc):
+            v = getattr(default, f.name)
+            if dataclasses.is_dataclass(v):
+                plan.append((f.name, type(v), 0, cls._plan(type(v))))
+            elif isinstance(v, tuple):
+                plan.append((f.name, tuple, len(v), None))
+            elif isinstance(v, str):
+                plan.append((f.name, str, 1, None))
             else:
-                out.append(float(v))
+                plan.append((f.name, type(v), 1, None))
+        return plan
+
+    def encode(self, state) -> tuple:
+        out: list = []
+        self._encode(state, self._fields, out)
         return tuple(out)
 
+    def _encode(self, obj, plan, out: list) -> None:
+        for name, kind, width, sub in plan:
+            v = getattr(obj, name)
+            if sub is not None:
+                self._encode(v, sub, out)
+            elif kind is tuple:
+                vals = [float(x) for x in tuple(v)[:width]]
+                out.extend(vals + [0.0] * (width - len(vals)))
+            elif kind is str:
+                out.append(str(v).encode("utf-8")[:self._STR])
+            else:
+                out.append(float(v))
+
     def decode(self, values) -> ControlState:
-        kw, i = {}, 0
-        for name, kind, width in self._fields:
+        state, _ = self._decode(self.state_type, self._fields, values, 0)
+        return state
+
+    def _decode(self, dc, plan, values, i: int):
+        kw = {}
+        for name, kind, width, sub in plan:
+            if sub is not None:
+                kw[name], i = self._decode(kind, sub, values, i)
+                continue
             if kind is tuple:
                 kw[name] = tuple(values[i:i + width])
+                i += width
+                continue
+            v = values[i]
+            i += 1
+            if kind is str:
+                kw[name] = v.rstrip(b"\0").decode("utf-8", "replace")
             elif kind is bool:
-                kw[name] = bool(values[i])
+                kw[name] = bool(v)
             elif kind is int:
-                kw[name] = int(values[i])
+                kw[name] = int(v)
             else:
-                kw[name] = float(values[i])
-            i += width
-        return self.state_type(**kw)
+                kw[name] = float(v)
+        return dc(**kw), i
 
 
 # ---- real-time scheduling -----------------------------------------------------------------
@@ -278,6 +318,7 @@ class _Layout:
     sample_rate: int
     controls_payload: int
     tap_capacity: int
+    voices: int = 40
     offsets: dict = field(default_factory=dict)
     total: int = 0
 
@@ -287,6 +328,7 @@ class _Layout:
                  ("grid", shm.SeqLock.size(_GRID_MSG.size)),
                  ("device", shm.SeqLock.size(_TEXT.size)),
                  ("error", shm.SeqLock.size(_TEXT.size)),
+                 ("positions", shm.SeqLock.size(self.positions.size)),
                  ("events", shm.Ring.size(EVENT.size, EVENT_CAPACITY)),
                  ("taps", shm.Ring.size(self.tap_payload, self.tap_capacity))]
         pos = 0
@@ -298,6 +340,11 @@ class _Layout:
     @property
     def tap_payload(self) -> int:
         return _TAP_HDR.size + self.block_size * self.channels * 4
+
+    @property
+    def positions(self) -> struct.Struct:
+        """Voice count, then (x, y) of up to ``voices`` voices (``Engine.voice_positions``)."""
+        return struct.Struct(f"<d{2 * self.voices}d")
 
 
 class _Shared:
@@ -313,12 +360,13 @@ class _Shared:
         self.grid = shm.SeqLock(buf, _GRID_MSG.size, o["grid"])
         self.device = shm.SeqLock(buf, _TEXT.size, o["device"])
         self.error = shm.SeqLock(buf, _TEXT.size, o["error"])
+        self.positions = shm.SeqLock(buf, layout.positions.size, o["positions"])
         self.events = shm.Ring(buf, EVENT.size, EVENT_CAPACITY, o["events"])
         self.taps = shm.Ring(buf, layout.tap_payload, layout.tap_capacity, o["taps"])
 
     def release(self) -> None:
         for part in (self.stats, self.flags, self.controls, self.grid, self.device, self.error,
-                     self.events, self.taps):
+                     self.positions, self.events, self.taps):
             part.release()
 
 
@@ -412,6 +460,8 @@ class _AudioSide:
         self._stats = sh.stats
         self._flags = sh.flags
         self._manual = spec.config.output == "manual"
+        self._pos_max = spec.layout.voices
+        self._pos_buf = np.zeros(1 + 2 * spec.layout.voices)
         self.rt_priority = 0  # set when SCHED_FIFO was granted: the render thread asks too
         self.render_priority = 0  # the render thread's real-time priority, once it ran
         sh.stats["grid_generation"] = generation
@@ -419,20 +469,20 @@ class _AudioSide:
 
     # -- the render thread ------------------------------------------------------------------
     def apply(self, ev) -> None:
-        kind, note, velocity, channel, _count, *_ = ev
+        kind, note, velocity, channel, _count, a, b, c, _d = ev
         e = self.engine
         if kind == NOTE_ON:
-            e.note_on(note, velocity, channel)
+            e.note_on(note, velocity, channel, bend=a, pressure=b, timbre=c)
         elif kind == NOTE_OFF:
             e.note_off(note, channel)
+        elif kind == VOICE:
+            e.voice_control(channel, None if note == _ANY_NOTE else note,
+                            bend=None if a != a else a, pressure=None if b != b else b,
+                            timbre=None if c != c else c)
         elif kind == ALL_NOTES_OFF:
             e.all_notes_off()
         elif kind == ALL_SOUND_OFF:
             e.all_sound_off()
-        elif kind == CHANNEL:
-            f = getattr(e, "set_channel_expression", None)
-            if f is not None:  # per-channel MPE data, once the engine has it
-                f(channel, *ev[5:])
         self._stats.add("events")
 
     def _drain(self) -> None:
@@ -472,6 +522,9 @@ class _AudioSide:
         st = self._stats
         st["voices"] = self.engine.active_voices
         st["engine_blocks"] = self.engine.blocks
+        st["nonfinite_blocks"] = getattr(self.engine, "nonfinite_blocks", 0)
+        if self._flags["positions"]:  # someone displays them: (x, y) of every voice
+            self._publish_positions()
         now = time.perf_counter()
         st["last_block_time"] = now
         if self._manual or self._flags["taps"]:
@@ -479,6 +532,13 @@ class _AudioSide:
             np.copyto(self._tap_audio, block, casting="same_kind")
             self.sh.taps.write(self._tap_buf)
         return block
+
+    def _publish_positions(self) -> None:
+        pos = self.engine.voice_positions()[:self._pos_max]
+        flat = self._pos_buf
+        flat[0] = len(pos)
+        flat[1:1 + 2 * len(pos)] = pos.reshape(-1)
+        self.sh.positions.write_struct(self.spec.layout.positions, *flat)
 
     def _realtime_here(self) -> None:
         """First block: make the thread that calls us SCHED_FIFO if it is not real-time yet,
@@ -766,7 +826,8 @@ class AudioProcess:
         self.codec = ControlCodec()
         period = e.block_size / e.sample_rate
         self._layout = _Layout(e.block_size, e.channels, e.sample_rate,
-                               self.codec.struct.size, max(8, int(TAP_SECONDS / period)))
+                               self.codec.struct.size, max(8, int(TAP_SECONDS / period)),
+                               e.max_voices + e.fade_voices)
         self._seg = shm.create_segment(self._layout.total, "audio")
         self._sh = _Shared(self._seg, self._layout)
         self._sh.flags["service_pid"] = os.getpid()
@@ -807,16 +868,30 @@ class AudioProcess:
             return self._sh.events.write_struct(EVENT, kind, note, velocity, channel, count,
                                                 a, b, c, d)
 
-    def note_on(self, note: int, velocity: int, channel: int = 0) -> None:
-        """Start ``note`` (MIDI 0..127) at ``velocity`` (1..127; 0 means note off)."""
+    def note_on(self, note: int, velocity: int, channel: int = 0, bend: float = 0.0,
+                pressure: float = 0.0, timbre: float = 0.5) -> None:
+        """Start ``note`` (MIDI 0..127) at ``velocity`` (1..127; 0 means note off) with the
+        voice's own ``bend`` (semitones), ``pressure`` and ``timbre`` (0..1) -- as
+        :meth:`morphbox.device.engine.voices.Engine.note_on`, which checks the values."""
         if velocity <= 0:
             self.note_off(note, channel)
         else:
-            self._event(NOTE_ON, int(note) & 127, min(int(velocity), 127), int(channel) & 15)
+            self._event(NOTE_ON, int(note) & 127, min(int(velocity), 127), int(channel) & 15,
+                        0, _f64(bend, 0.0), _f64(pressure, 0.0), _f64(timbre, 0.5))
 
     def note_off(self, note: int, channel: int = 0) -> None:
         """Release every held voice of ``note`` on ``channel``."""
         self._event(NOTE_OFF, int(note) & 127, 0, int(channel) & 15)
+
+    def voice_control(self, channel: int, note: int | None = None, *,
+                      bend: float | None = None, pressure: float | None = None,
+                      timbre: float | None = None) -> None:
+        """Per-voice expression of the voices on ``channel`` (or of ``note`` on it), as
+        :meth:`morphbox.device.engine.voices.Engine.voice_control`; None leaves a value."""
+        nan = float("nan")
+        self._event(VOICE, _ANY_NOTE if note is None else int(note) & 127, 0,
+                    int(channel) & 15, 0, _f64(bend, nan), _f64(pressure, nan),
+                    _f64(timbre, nan))
 
     def all_notes_off(self) -> None:
         """Release every voice (MIDI CC 123)."""
@@ -877,6 +952,24 @@ class AudioProcess:
     def blocks(self) -> int:
         """Blocks the current audio process's engine rendered."""
         return int(self._sh.stats["engine_blocks"])
+
+    @property
+    def nonfinite_blocks(self) -> int:
+        """Blocks that came out non-finite and were played as silence (the engine's count)."""
+        return int(self._sh.stats["nonfinite_blocks"])
+
+    def voice_positions(self) -> np.ndarray:
+        """``(voices, 2)`` morph positions of the sounding voices, oldest first, as of a
+        recent block (:meth:`morphbox.device.engine.voices.Engine.voice_positions`). The
+        first call asks the audio process to publish them (every block from then on) and
+        returns an empty array until it has."""
+        self._sh.flags["positions"] = 1
+        r = self._sh.positions.read_struct(self._layout.positions)
+        if r is None:
+            return np.zeros((0, 2))
+        values = r[0]
+        n = int(values[0])
+        return np.array(values[1:1 + 2 * n], np.float64).reshape(n, 2)
 
     def render_block(self) -> np.ndarray:
         """Render one block in the audio process (after every event sent so far) and return
@@ -1124,6 +1217,16 @@ class AudioProcess:
         with contextlib.suppress(Exception):
             self._sh.release()
             _try_close(self._seg)
+
+
+def _f64(v, default: float) -> float:
+    """A number for an event record (the engine clips and checks it); None -> ``default``."""
+    if v is None:
+        return default
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
 
 
 def _try_close(seg) -> bool:

@@ -65,6 +65,42 @@ def test_the_audio_process_renders_what_the_engine_renders(grid):
     assert st.blocks == len(ref) // cfg.block_size and st.errors == 0
 
 
+def test_per_voice_expression_reaches_the_audio_process_exactly(grid):
+    """MPE: notes with their own bend, pressure and timbre, per-voice controls by channel and
+    by note, the mpe morph mode: the audio process plays what the engine plays, and reports
+    the voices' morph positions."""
+    cfg = EngineConfig()
+    outs, positions = [], []
+    for make in (lambda: Engine(grid, cfg), lambda: AudioProcess(grid, cfg, MANUAL)):
+        e = make()
+        e.controls.set_morph_mode("mpe")
+        e.controls.set_touch(0.4, 0.6)
+        e.note_on(60, 100, channel=1, bend=0.5, pressure=0.2, timbre=0.7)
+        e.note_on(64, 90, channel=2, bend=-1.0, pressure=0.0, timbre=0.2)
+        blocks = []
+        for i in range(60):
+            if i == 10:
+                e.voice_control(1, bend=2.0, timbre=0.9)
+            if i == 20:
+                e.voice_control(2, 64, pressure=0.8)  # polyphonic aftertouch
+            if i == 30:
+                e.voice_control(2, bend=None, pressure=None, timbre=0.5)
+            if i == 40:
+                e.note_off(60, 1)
+            blocks.append(e.render_block().copy())
+        e.voice_positions()  # the audio process: publish them from the next block on
+        e.render_block()
+        pos = e.voice_positions()
+        if isinstance(e, AudioProcess):
+            e.close()
+        outs.append(np.concatenate(blocks))
+        positions.append(pos)
+    assert np.abs(outs[0]).max() > 0.05
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-6)
+    assert positions[0].shape == (2, 2)
+    np.testing.assert_allclose(positions[1], positions[0], atol=1e-9)
+
+
 def test_a_new_grid_is_swapped_in_at_a_block_boundary(grid):
     """Corners change under a held note: the audio process plays the new grid from the
     block after set_grid, exactly as the engine does."""
@@ -162,9 +198,11 @@ def test_only_the_playing_and_the_next_grid_stay_in_shared_memory(grid):
 
 
 def test_the_control_codec_carries_every_field_and_per_channel_tuples():
+    from morphbox.device.engine.controls import Expression
     codec = ControlCodec()
     s = ControlState(x=0.1, y=0.9, touching=True, volume=0.3, attack_s=2.0, decay_s=0.2,
-                     sustain=0.4, release_s=7.5, bend=-1.25, position=0.6)
+                     sustain=0.4, release_s=7.5, bend=-1.25, position=0.6, morph_mode="latch",
+                     expression=Expression(timbre_x=0.25, pressure_loudness=0.5))
     assert codec.decode(codec.encode(s)) == s
     assert codec.decode(codec.encode(s)).touching is True
 
