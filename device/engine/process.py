@@ -25,10 +25,12 @@ stats                     :class:`~.shm.Counters`     audio -> service: blocks, 
                                                       time status, grid generation playing
 ========================  ==========================  =========================================
 
-Per-voice expression (MPE): an :data:`EVENT` record carries a channel and four float32 values
-beside note and velocity, and :class:`ControlCodec` packs any tuple field of
-:class:`~.controls.ControlState` (e.g. per-channel x, y, bend, pressure) as fixed-length
-float64 arrays, so per-voice data needs no new channel, only new record kinds/fields.
+Per-voice expression (MPE): an :data:`EVENT` record carries a channel, a note and four
+float64 values beside the velocity: a note-on's own bend, pressure and timbre, and a
+``voice_control`` (by channel, or by channel and note; NaN = unchanged) travel as they are;
+:class:`ControlCodec` packs every field of :class:`~.controls.ControlState` including the
+morph mode and the :class:`~.controls.Expression` mapping; the voices' morph positions come
+back through a seqlock when asked for (:meth:`AudioProcess.voice_positions`).
 
 The audio process (:func:`audio_main`) asks for ``SCHED_FIFO`` at ``rt_priority`` and for
 ``mlockall`` (:func:`request_realtime`), and logs plainly when it cannot (no privileges: it
