@@ -82,7 +82,7 @@ for line in sys.stdin:
         k = 0
         while k < batch:
             r = rng.random()
-            if r < 0.40:  # re-strike a held note: 2 messages
+            if r < 0.40 and k + 2 <= batch:  # re-strike a held note: 2 messages
                 n = rng.choice(notes)
                 out.send_message([0x80, n, 0])
                 out.send_message([0x90, n, rng.randrange(30, 128)])
