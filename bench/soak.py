@@ -263,6 +263,7 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
         stop = threading.Event()
         polls, uploads, errors = [0], [0], []
         samples: list[tuple[float, dict]] = []  # (seconds since the start, {process: kB})
+        loads: list[float] = []  # the machine's 1-minute load average, every 2 s
 
         def sampler():
             while not stop.wait(2.0):
@@ -270,6 +271,8 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
                 names = dict(procs)
                 names.update({k: v for k, v in _processes(svc.pid).items() if k not in names})
                 samples.append((now, {k: _rss_kb(p) for k, p in names.items()}))
+                if now >= WARMUP_S:
+                    loads.append(os.getloadavg()[0])
 
         def poller():
             while not stop.is_set():
@@ -341,7 +344,9 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
         "rebuilds": len(re.findall(r"grid rebuilt in", text)),
         "restarts": len(re.findall(r"audio process restarted", text)),
         "audio_pid_same": procs.get("audio process") == procs_end.get("audio process"),
-        "rss0": rss0, "rss1": rss1, "problems": errors[:5], "log": text[-3000:]}
+        "rss0": rss0, "rss1": rss1,
+        "load": (min(loads), sum(loads) / len(loads), max(loads)) if loads else None,
+        "problems": errors[:5], "log": text[-3000:]}
 
 
 def main(argv=None) -> int:
@@ -383,6 +388,11 @@ def main(argv=None) -> int:
         print(f"| {label} | {r['blocks']} | {r['late']} | {r['xruns']} | {r['errors']} | "
               f"{r['max_render_ms']:.2f} ms | {r['stuck']} | {r['sent']} ({r['rate']:.0f}/s) | "
               f"{r['rebuilds']} | {r['uploads']} | {r['polls']} | {r['restarts']} |")
+    for r in rows:
+        if r["load"]:
+            label = "audio process" if r["audio_process"] == "yes" else "in-process"
+            print("\n{}: the machine's 1-minute load average during the run: min {:.1f}, "
+                  "mean {:.1f}, max {:.1f} ({} cores)".format(label, *r["load"], os.cpu_count()))
     print("\nRSS: the largest sample (every 2 s) in the first and in the last minute of the "
           "measured run\n")
     print("| audio | process | RSS, first minute | RSS, last minute | growth |")
