@@ -312,6 +312,11 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
             t.join(60)
         time.sleep(2.0)  # the longest release is long over
         st1 = api.call("GET", "/api/status")
+        # still sounding 15 s later: stuck for good (2 s could be a backlog still draining)
+        later, deadline = st1["voices"], time.monotonic() + 15.0
+        while later and time.monotonic() < deadline:
+            time.sleep(0.5)
+            later = api.call("GET", "/api/status")["voices"]
         procs_end = _processes(svc.pid)
     except BaseException:
         log.flush()
@@ -333,6 +338,7 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
     rss0, rss1 = _rss_windows(samples, WARMUP_S, WARMUP_S + elapsed)
     text = (tmp / log.name).read_text()
     m = re.search(r"max render ([\d.]+) ms", text)
+    dropped = re.search(r"(\d+) events dropped", text)
     a0, a1 = st0["audio"], st1["audio"]
     return {
         "audio_process": audio_process, "seconds": elapsed, "sent": sent,
@@ -340,8 +346,9 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
         "blocks": a1["blocks"] - a0["blocks"], "late": a1["late_blocks"] - a0["late_blocks"],
         "xruns": a1["xruns"] - a0["xruns"], "errors": a1["errors"] - a0["errors"],
         "max_render_ms": float(m.group(1)) if m else float("nan"),
-        "stuck": st1["voices"], "uploads": uploads[0], "polls": polls[0],
+        "stuck": st1["voices"], "stuck_later": later, "uploads": uploads[0], "polls": polls[0],
         "rebuilds": len(re.findall(r"grid rebuilt in", text)),
+        "events_dropped": int(dropped.group(1)) if dropped else 0,
         "restarts": len(re.findall(r"audio process restarted", text)),
         "audio_pid_same": procs.get("audio process") == procs_end.get("audio process"),
         "rss0": rss0, "rss1": rss1,
@@ -380,13 +387,14 @@ def main(argv=None) -> int:
           f"JACK dummy 48 kHz / 128 frames ({'real-time' if jack_rt else 'no real-time'}); "
           f"{platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}\n")
-    print("| audio | blocks | late blocks | xruns | errors | max render | stuck notes | "
-          "MIDI sent | rebuilds | pack swaps | API polls | restarts |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| audio | blocks | late blocks | xruns | errors | max render | stuck notes 2 s / 17 s "
+          "after | MIDI sent | events dropped | rebuilds | pack swaps | API polls | restarts |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         label = "audio process" if r["audio_process"] == "yes" else "in-process"
         print(f"| {label} | {r['blocks']} | {r['late']} | {r['xruns']} | {r['errors']} | "
-              f"{r['max_render_ms']:.2f} ms | {r['stuck']} | {r['sent']} ({r['rate']:.0f}/s) | "
+              f"{r['max_render_ms']:.2f} ms | {r['stuck']} / {r['stuck_later']} | "
+              f"{r['sent']} ({r['rate']:.0f}/s) | {r['events_dropped']} | "
               f"{r['rebuilds']} | {r['uploads']} | {r['polls']} | {r['restarts']} |")
     for r in rows:
         if r["load"]:

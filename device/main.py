@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"audio process: pid {ap['pid']}, "
               + (f"SCHED_FIFO {ap['rt_priority']}" if ap["sched_fifo"] else "normal scheduling")
               + (", memory locked" if ap["mlocked"] else ", memory not locked")
-              + f", {ap['restarts']} restarts, render mean {ap['render_mean_ms']:.2f} ms")
+              + f", {ap['restarts']} restarts, render mean {ap['render_mean_ms']:.2f} ms"
+              + (f", {ap['events_dropped']} events dropped" if ap.get("events_dropped") else ""))
     return 0
 
 
