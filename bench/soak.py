@@ -235,7 +235,7 @@ def soak(audio_process: str, seconds: float, rate: int, tmp: Path, jack_rt: bool
     cmd = [sys.executable, "-m", "morphbox.device", "--audio", "device", "--midi-in",
            "--midi-config", str(midi_cfg), "--profile", str(_profile(tmp)), "--api",
            "--bind", f"127.0.0.1:{port}", "--audio-process", audio_process,
-           "--seconds", str(seconds + WARMUP_S + 60)]
+           "--seconds", str(seconds + WARMUP_S + 600)]  # a backstop: the soak ends it
     log = open(tmp / f"service-{audio_process}.log", "w")  # noqa: SIM115
     svc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     api = Api(port, token)
