@@ -39,7 +39,8 @@ the output's library created it otherwise (libjack does, with a JACK server with
 a real-time JACK server's own priority is kept). The render thread never takes a lock, never
 reads a file, never logs; a loader thread, one real-time priority below it (so that other
 processes cannot preempt it while it holds the GIL the render needs), maps new grids and
-watches the service. If the service dies the audio process exits; if the audio process dies
+watches the service. If the service dies the audio process exits (within
+:data:`CLOSE_TIMEOUT_S` of noticing, even when its output's close hangs); if the audio process dies
 the service restarts it (:class:`AudioProcess`): the new one starts with no voices sounding
 (the rings are reset, so no stale note-on replays and no note can hang) and the current
 controls and grid.
@@ -72,6 +73,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import struct
 import sys
 import threading
@@ -102,6 +104,7 @@ EVENT = struct.Struct("<BBBBIdddd")
 NOTE_ON, NOTE_OFF, ALL_NOTES_OFF, ALL_SOUND_OFF, RENDER, VOICE = 1, 2, 3, 4, 5, 6
 _ANY_NOTE = 255  # a voice control for every note of the channel
 EVENT_CAPACITY = 4096  # 4 s of a 1000 messages/s storm if the audio process stalled
+CLOSE_TIMEOUT_S = 2  # the audio process ends this long after it was told to, whatever hangs
 
 _GRID_MSG = struct.Struct("<Q112s")  # generation, segment name
 _TEXT = struct.Struct("<240s")  # device name / error text
@@ -753,6 +756,12 @@ def audio_main(spec: _Spec) -> None:
                     break
             time.sleep(0.01)
     finally:
+        # closing the output may never return: PortAudio's JACK close waits for a process
+        # callback that a JACK server gone with the service never runs. A kernel alarm (its
+        # default action ends the process; it needs no thread and no GIL) bounds it
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(CLOSE_TIMEOUT_S)
         with contextlib.suppress(Exception):
             output.close()
         side.pending = side.swapped = None

@@ -322,3 +322,55 @@ def test_choosing_the_audio_process(monkeypatch):
     assert not use_audio_process("auto") and use_audio_process("yes")
     with pytest.raises(ValueError, match="auto, yes or no"):
         use_audio_process("maybe")
+
+
+def test_the_audio_process_exits_when_the_service_and_its_jack_server_die(tmp_path):
+    """The soak's crash: the service dies (an rtmidi segfault) and its JACK server goes with
+    it. PortAudio's close then waits forever for a JACK cycle; the audio process must still
+    exit (and with it the forkserver it keeps alive), not linger at real-time priority."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import _jack_ready, _stop_process
+    jackd = shutil.which("jackd")
+    if jackd is None:
+        pytest.skip("jackd is not installed")
+    name = f"morphbox-test-orphan-{os.getpid()}"
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
+    jack = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000",
+                             "-p", "128"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    service = None
+    try:
+        wait_until(lambda: _jack_ready(env), what="jackd")
+        script = (
+            "import sys\n"
+            "from morphbox.device.engine.process import AudioProcess, AudioProcessConfig\n"
+            "from morphbox.device.packs.format import load_default_grid\n"
+            "ap = AudioProcess(load_default_grid(), config=AudioProcessConfig(\n"
+            "    output='device', host_api='JACK', rt_priority=0, lock_memory=False))\n"
+            "ap.start()\n"
+            "print(ap.pid, flush=True)\n"
+            "sys.stdin.read()\n")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        service = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=env, cwd=repo)
+        audio_pid = int(service.stdout.readline())
+        os.kill(jack.pid, signal.SIGKILL)  # the server goes first, then the service
+        jack.wait(10)
+        os.kill(service.pid, signal.SIGKILL)
+        service.wait(10)
+
+        def gone() -> bool:
+            try:
+                with open(f"/proc/{audio_pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, unreaped
+            except FileNotFoundError:
+                return True
+        wait_until(gone, what="the orphaned audio process to exit")
+    finally:
+        if service is not None:
+            _stop_process(service)
+        _stop_process(jack)
