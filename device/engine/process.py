@@ -115,7 +115,8 @@ TAP_SECONDS = 0.75  # audio the tap ring holds between the service's drains
 _STATS = ("blocks", "late_blocks", "xruns", "errors", "max_render_s", "render_s_total",
           "voices", "engine_blocks", "pid", "boot", "ready", "realtime", "rt_priority",
           "mlocked", "grid_generation", "last_block_time", "events", "output_latency_s",
-          "controls_version", "nonfinite_blocks")
+          "controls_version", "nonfinite_blocks", "kernel_compiled", "kernel_load_s",
+          "kernel_cached", "kernel_warm_s")
 #: Words the service writes (requests).
 _FLAGS = ("taps", "stop", "service_pid", "positions")
 
@@ -678,6 +679,23 @@ def _warm_up(grid, config: EngineConfig) -> None:
         engine.render_block()
 
 
+def _publish_kernel(st: shm.Counters, engine) -> None:
+    """Which render the audio process's engine uses and, compiled, how its kernels were
+    loaded (:func:`morphbox.device.engine.compiled.kernel_status`), for the service's status."""
+    compiled = getattr(engine, "kernel", "numpy") == "compiled"
+    st["kernel_compiled"] = 1.0 if compiled else 0.0
+    if not compiled:
+        return
+    try:
+        from morphbox.device.engine.compiled import kernel_status
+    except ImportError:  # an engine without the compiled path
+        return
+    ks = kernel_status()
+    st["kernel_load_s"] = float(ks.get("load_s") or 0.0)
+    st["kernel_cached"] = 1.0 if ks.get("cached") else 0.0
+    st["kernel_warm_s"] = float(ks.get("warm_s") or 0.0)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -709,7 +727,8 @@ def audio_main(spec: _Spec) -> None:
         grid_seg = shm.attach_segment(raw.rstrip(b"\0").decode())
         grid = shm.get_object(grid_seg)
         _prefault(grid)
-        side = _AudioSide(spec, sh, grid_seg, grid, gen)
+        side = _AudioSide(spec, sh, grid_seg, grid, gen)  # builds (and warms) its render
+        _publish_kernel(st, side.engine)
         rt = request_realtime(spec.config.rt_priority, spec.config.lock_memory)
         st["realtime"] = 1.0 if rt.fifo else 0.0
         st["rt_priority"] = rt.priority
@@ -1050,6 +1069,22 @@ class AudioProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def kernel(self) -> str:
+        """The render the audio process's engine uses: "compiled" or "numpy" (as
+        ``Engine.kernel``; known once it started)."""
+        return "compiled" if self._sh.stats["kernel_compiled"] else "numpy"
+
+    def engine_status(self) -> dict:
+        """``{"render": "compiled" | "numpy", ...}`` of the audio process's engine, with how
+        its compiled kernels were loaded there (``load_s``, ``cached``, ``warm_s``), as
+        :func:`morphbox.device.engine.compiled.engine_status` reports an in-process engine."""
+        st = self._sh.stats
+        if not st["kernel_compiled"]:
+            return {"render": "numpy"}
+        return {"render": "compiled", "load_s": round(st["kernel_load_s"], 3),
+                "cached": bool(st["kernel_cached"]), "warm_s": round(st["kernel_warm_s"], 6)}
+
     def info(self) -> dict:
         """For the service's status: pid, restarts, real-time status, rings' drops."""
         st = self._sh.stats
@@ -1058,7 +1093,8 @@ class AudioProcess:
                 "mlocked": bool(st["mlocked"]), "events_dropped": self._sh.events.dropped,
                 "tap_dropped": self._sh.taps.dropped,
                 "output_latency_ms": 1000 * st["output_latency_s"],
-                "render_mean_ms": 1000 * st["render_s_total"] / max(1, st["blocks"])}
+                "render_mean_ms": 1000 * st["render_s_total"] / max(1, st["blocks"]),
+                "engine": self.engine_status()}
 
     def _spawn(self) -> None:
         self._boot += 1
