@@ -20,6 +20,11 @@ Controls are upsampled from frames to samples by linear interpolation between fr
 (held before frame 0's centre and after the last one). A partial is silent at every sample
 where ``k f0 >= sample_rate / 2`` (the analysis sets those harmonics to 0 as well).
 
+:func:`render_features` renders the full-band features of :mod:`morphbox.kernels.features`
+(48 kHz, every partial up to 20 kHz, ERB noise bands, non-uniform frame times): the offline
+analysis-resynthesis that the engine and the benchmarks are measured against. The functions
+below it are the 16 kHz, fixed-frame-rate building blocks the TensorFlow twin mirrors.
+
 Noise part (convention of :mod:`morphbox.kernels.analysis`): gain ``m[b]`` applied to unit-variance
 white noise in linear band ``b`` of width ``(sample_rate / 2) / B``. The white noise is cut into
 frames of ``2 * hop`` samples centred on the frame centres, windowed with a periodic Hann
@@ -32,6 +37,13 @@ powers are the squared gains.
 from __future__ import annotations
 
 import numpy as np
+
+from morphbox.kernels.features import (
+    DB_FLOOR,
+    frame_position,
+    noise_bin_weights,
+    partial_levels_db,
+)
 
 SAMPLE_RATE = 16000
 FRAME_RATE = 50.0
@@ -196,3 +208,74 @@ def controls_from_db(amplitude_db: np.ndarray, harmonic_db: np.ndarray,
     dist = rel / rel.sum(axis=-1, keepdims=True)
     noise = np.power(10.0, np.asarray(noise_db, np.float64) / 20.0)
     return amp.astype(np.float32), dist.astype(np.float32), noise.astype(np.float32)
+
+
+# ---------------------------------------------------------------------- full-band features
+
+
+def render_features(times: np.ndarray, f0_hz: float, harmonics_db: np.ndarray,
+                    envelope_db: np.ndarray, noise_db: np.ndarray, n_samples: int,
+                    sample_rate: int = 48000, seed: int = 0,
+                    noise_fft: int = 1024) -> np.ndarray:
+    """Audio ``(n_samples,)`` float32 of a note's features (layout of
+    :mod:`morphbox.kernels.features`; ``times`` ``(F,)`` s, ``harmonics_db`` ``(F, K)``,
+    ``envelope_db`` ``(F, E)``, ``noise_db`` ``(F, B)``).
+
+    Every partial up to the band limit (the first K at their own level, the rest from the
+    envelope) at exactly ``k f0_hz`` with Schroeder phases, levels interpolated linearly in
+    amplitude between frame times (held outside them); plus unit white noise (``seed``)
+    shaped by the noise bands in an STFT of ``noise_fft`` points, hop 1/4, sqrt-Hann analysis
+    and synthesis windows (which overlap-add to exactly 1), per-bin gains interpolated over
+    ERB-rate between band centres (:func:`morphbox.kernels.features.noise_bin_weights`).
+    """
+    times = np.asarray(times, np.float64)
+    levels = partial_levels_db(harmonics_db, envelope_db, f0_hz, sample_rate=sample_rate)
+    amps = np.where(levels <= DB_FLOOR, 0.0, 10.0 ** (levels.astype(np.float64) / 20.0))
+    n_partials = amps.shape[1]
+    out = np.zeros(n_samples)
+    if n_partials:
+        # f0 is constant, so each frame's partials are one period: a table per frame (an
+        # exact inverse DFT, 16384 points: linear-interpolation images < -100 dB re the
+        # partial), crossfaded between frames exactly as the amplitudes are interpolated
+        size = 16384
+        k = np.arange(1, n_partials + 1, dtype=np.float64)
+        phases = np.pi * k * k / n_partials
+        spec = np.zeros((len(times), size // 2 + 1), np.complex128)
+        spec[:, 1:n_partials + 1] = amps * np.exp(1j * (phases - np.pi / 2)) * (size / 2)
+        tables = np.fft.irfft(spec, size, axis=1)
+        tables = np.concatenate([tables, tables[:, :1]], axis=1)
+        for s in range(0, n_samples, 16384):
+            n = np.arange(s, min(s + 16384, n_samples))
+            pos = frame_position(n / sample_rate, times)
+            i0 = np.minimum(pos.astype(np.int64), len(times) - 2)
+            u = pos - i0
+            ph = (n * (f0_hz / sample_rate)) % 1.0 * size
+            j = np.minimum(ph.astype(np.int64), size - 1)
+            fr = ph - j
+            a = tables[i0, j] * (1 - fr) + tables[i0, j + 1] * fr
+            b = tables[i0 + 1, j] * (1 - fr) + tables[i0 + 1, j + 1] * fr
+            out[s:s + len(n)] = a + (b - a) * u
+    out += _band_noise(times, noise_db, n_samples, sample_rate, seed, noise_fft)
+    return out.astype(np.float32)
+
+
+def _band_noise(times, noise_db, n_samples, sample_rate, seed, n_fft):
+    hop = n_fft // 4
+    rng = np.random.default_rng(seed)
+    n_frames = -(-n_samples // hop) + 4
+    white = rng.standard_normal((n_frames + 3) * hop)
+    window = np.sqrt(hann(n_fft)) / np.sqrt(2.0)  # sqrt-Hann^2 at hop N/4 sums to 2
+    weights = noise_bin_weights(np.fft.rfftfreq(n_fft, 1.0 / sample_rate), noise_db.shape[1])
+    power = 10.0 ** (np.asarray(noise_db, np.float64) / 10.0) @ weights  # (F, bins)
+    out = np.zeros((n_frames + 3) * hop)
+    for i in range(n_frames):
+        start = (i - 3) * hop  # frame i covers samples start .. start + n_fft
+        centre = (start + n_fft / 2) / sample_rate
+        pos = float(frame_position(centre, times))
+        i0 = min(int(pos), len(times) - 2)
+        fr = pos - i0
+        mag = np.sqrt(power[i0] * (1 - fr) + power[i0 + 1] * fr)
+        seg = white[i * hop:i * hop + n_fft] * window
+        y = np.fft.irfft(np.fft.rfft(seg) * mag, n_fft) * window
+        out[i * hop:i * hop + n_fft] += y
+    return out[3 * hop:3 * hop + n_samples]
