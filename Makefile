@@ -8,13 +8,16 @@ APT_PKGS := fluidsynth fluid-soundfont-gm portaudio19-dev jackd2 libsndfile1 pyt
             chromium chromium-driver
 STAMPS  := .make
 
-.PHONY: demo test bench pack lint clean setup
+.PHONY: demo test test-random bench pack lint clean setup
 
 demo: setup
 	$(VENV)/bin/morphbox demo
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -p no:randomly
+
+test-random: setup  # the same suite in a random order (pytest-randomly; the seed is printed)
+	$(VENV)/bin/pytest -q -p randomly
 
 bench: setup
 	$(PY) bench/engine.py

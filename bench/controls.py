@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MORPHBOX_STATE_DIR", tempfile.mkdtemp(prefix="morphbox-bench-"))
 
 from morphbox.device.panel.build import attach  # noqa: E402
-from morphbox.device.panel.simrig import SimRig  # noqa: E402
 from morphbox.device.panel.profiles import load_profile  # noqa: E402
+from morphbox.device.panel.simrig import SimRig  # noqa: E402
 from morphbox.device.service import Service, ServiceConfig  # noqa: E402
 
 CASES = [

@@ -10,6 +10,8 @@ import argparse
 import sys
 import time
 
+from morphbox.kernels.grid import CORNERS
+
 EPILOG = """\
 examples:
   morphbox demo                         play the Bach demo, write out/demo.wav and out/demo.png
@@ -110,7 +112,7 @@ def cmd_pack_build(args) -> int:
         kw["instruments"] = tuple(specs)
         kw["corners"] = {"NW": 0, "NE": 1, "SW": 2, "SE": 3}
     if args.corners:
-        kw["corners"] = dict(zip(("NW", "NE", "SW", "SE"), args.corners))
+        kw["corners"] = dict(zip(CORNERS, args.corners))
     if args.anchors:
         lo, hi, step = args.anchors
         kw["anchors"] = tuple(range(lo, hi + 1, step))
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="General MIDI program numbers 0..127 (instead of the default 16)")
     sp.add_argument("--wav", action="append", metavar="[NAME=]FOLDER",
                     help="a folder of WAV one-shots as one instrument (repeatable)")
-    sp.add_argument("--corners", type=int, nargs=4, metavar=("NW", "NE", "SW", "SE"),
+    sp.add_argument("--corners", type=int, nargs=4, metavar=CORNERS,
                     help="instrument index for each corner")
     sp.add_argument("--anchors", type=int, nargs=3, metavar=("LOW", "HIGH", "STEP"),
                     help="pitch anchors as MIDI range (default 24 96 4)")

@@ -132,7 +132,7 @@ class ApiServer:
 
     def start(self) -> None:
         """Start listening; raises OSError (address in use, no such interface) here."""
-        self.store.token  # made now, so `morphbox token` and `morphbox record` find it
+        _ = self.store.token  # made now: `morphbox token` and `morphbox record` find it
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="http-api", daemon=True)
         self._thread.start()

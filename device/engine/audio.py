@@ -102,6 +102,7 @@ class _BlockCallback:
         "_ret_out",
         "_ret_silence",
         "_shape",
+        "_clock",
         "last_error",
         "stats",
     )
@@ -114,8 +115,10 @@ class _BlockCallback:
         block_size: int,
         channels: int,
         stats: AudioStats | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._render = render_block
+        self._clock = clock
         self._frames = block_size
         self._shape = (block_size, channels)
         self._period_s = block_size / sample_rate
@@ -132,7 +135,7 @@ class _BlockCallback:
     def __call__(
         self, in_data: Any, frame_count: int, time_info: Any, status_flags: int
     ) -> tuple[Any, int]:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         stats = self.stats
         if status_flags & _XRUN_FLAGS:
             stats.xruns += 1
@@ -156,7 +159,7 @@ class _BlockCallback:
                 stats.errors += 1
                 self.last_error = exc
                 ret = self._ret_silence
-        stats.count(time.perf_counter() - t0, self._period_s)
+        stats.count(self._clock() - t0, self._period_s)
         return ret
 
 

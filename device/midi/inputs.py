@@ -341,6 +341,7 @@ class SerialMidiInput(ThreadPart):
         self.put, self.device, self.baud, self.reopen_s = put, device, baud, reopen_s
         self.parser = MidiParser()
         self.is_open = False
+        self.open_failures = 0  # in a row; the first is logged as a warning
 
     def _open(self) -> int:
         import termios
@@ -362,11 +363,17 @@ class SerialMidiInput(ThreadPart):
             try:
                 fd = self._open()
             except OSError as e:
-                log.debug("DIN MIDI %s: %s", self.device, e)
+                self.open_failures += 1
+                (log.warning if self.open_failures == 1 else log.debug)(
+                    "DIN MIDI %s cannot be opened (retrying every %g s): %s", self.device,
+                    self.reopen_s, e)
                 if self._stop.wait(self.reopen_s):
                     return
                 continue
             self.is_open = True
+            if self.open_failures:
+                log.info("DIN MIDI %s open", self.device)
+            self.open_failures = 0
             try:
                 while not self._stop.is_set():
                     ready, _, _ = select.select([fd], [], [], 0.2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from morphbox.device.common import monotonic
 from morphbox.device.packs.patches import PatchStore
 from morphbox.device.panel.loop import ControlLoop, LoopConfig
 from morphbox.device.panel.profiles import Profile, ProfileError
@@ -20,7 +21,7 @@ log = logging.getLogger("morphbox.controls")
 
 
 def attach(service, profile: Profile, *, backend: str | None = None,
-           rig: SimRig | None = None, pin_factory=None) -> ControlLoop:
+           rig: SimRig | None = None, pin_factory=None, clock=monotonic) -> ControlLoop:
     """Build the drivers ``profile`` names, add a :class:`ControlLoop` to ``service`` and
     return it (started with the service, or at once if it already runs).
 
@@ -28,7 +29,7 @@ def attach(service, profile: Profile, *, backend: str | None = None,
     On ``"sim"`` the chips are simulated (``loop.rig``, a :class:`SimRig`, or the ``rig``
     given), GPIO uses a gpiozero ``MockFactory`` (``loop.pin_factory``), and if the profile
     has a ``[sim]`` table a :class:`SimScript` plays the box. ``pin_factory`` overrides the
-    GPIO pin factory.
+    GPIO pin factory. ``clock``: the loop's time (seconds, increasing; tests pass their own).
 
     Raises :class:`morphbox.hardware.errors.HardwareError` (a required part -- touch surface, pots,
     encoders, buttons -- missing or another chip at its address; the message names the part,
@@ -123,7 +124,7 @@ def attach(service, profile: Profile, *, backend: str | None = None,
         service.patches = PatchStore(d)
     loop = ControlLoop(service, surface, pots=pots, encoders=encoders, buttons=buttons,
                        display=display, config=LoopConfig.from_profile(profile),
-                       extra_parts=extra, closers=closers)
+                       extra_parts=extra, closers=closers, clock=clock)
     loop.rig = rig
     loop.pin_factory = pin_factory
     loop.bus = bus

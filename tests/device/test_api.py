@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from morphbox.device.api.server import ApiServer, parse_bind
 from morphbox.device.packs.store import BUILTIN, PackStore
 from morphbox.device.service import Service, ServiceConfig
 from tests.device.test_archive import archive_of, new_key, public_raw, raw_archive, small_pack
+from tests.helpers import wait_until
 
 
 class Api:
@@ -71,13 +71,13 @@ def test_status_and_list_are_open(box):
 
 def test_upload_and_activate_over_http_changes_the_sound(box):
     api, service = box["api"], box["service"]
-    time.sleep(0.3)
+    wait_until(lambda: sum(n == "p120" for n, _ in box["blocks"]) >= 5, what="p120 blocks")
     st, body = api("POST", "/api/packs?activate=1", box["arcs"][200].read_bytes())
     assert st == 201, body
     assert body["activated"] and body["id"].startswith("p200-")
     assert body["previous"] == box["first"]
     assert service.engine.grid.name == "p200" and service.pack.name == "p200"
-    time.sleep(0.3)
+    wait_until(lambda: sum(n == "p200" for n, _ in box["blocks"]) >= 5, what="p200 blocks")
     old = [r for n, r in box["blocks"] if n == "p120"][-5:]
     new = [r for n, r in box["blocks"] if n == "p200"][-5:]
     assert len(new) == 5 and min(new) > 3 * max(old)  # the new pack sounds, 40 dB louder

@@ -7,19 +7,32 @@ import pytest
 
 from morphbox.device.engine.corners import CornerSelector, build_grid
 from morphbox.device.engine.voices import Engine
-from morphbox.device.packs.format import PackError, grid_from_pack, load_pack
+from morphbox.device.packs.format import DEFAULT_PACK, PackError, grid_from_pack, load_pack
 
 
 @pytest.fixture(scope="module")
 def pack():
-    return load_pack("device/packs/default")
+    return load_pack(DEFAULT_PACK)
 
 
-def test_rebuilt_grid_matches_the_packs_grid_for_its_corners(pack):
-    rebuilt = build_grid(pack, pack.corners)
+def test_the_packs_own_corners_play_its_stored_grid_code_for_code(pack):
     shipped = grid_from_pack(pack)
-    assert rebuilt.frames_db.shape == shipped.frames_db.shape
-    assert np.abs(rebuilt.frames_db - shipped.frames_db).max() <= 0.25  # half a code step
+    assert np.array_equal(build_grid(pack, pack.corners).frames_db, shipped.frames_db)
+
+
+def test_a_device_rebuild_agrees_with_the_laptop_build_within_the_stated_rounding(pack):
+    """The contract of build_grid's docstring: the int8 decoder rounds differently on other
+    CPUs, so a rebuild is compared with the laptop's grid within code steps, not exactly."""
+    rebuilt = build_grid(pack, pack.corners, stored=False).frames_db
+    shipped = grid_from_pack(pack).frames_db
+    assert rebuilt.shape == shipped.shape
+    diff = np.abs(rebuilt - shipped)
+    assert diff.max() <= 1.0  # two code steps
+    assert np.mean(diff > 0.5) <= 0.001  # all but 0.1 % within one step
+    assert diff.mean() <= 0.05
+    last = pack.manifest["grid_size"] - 1
+    for iy, ix in ((0, 0), (0, last), (last, 0), (last, last)):  # anchored corners: exact
+        assert np.array_equal(rebuilt[iy, ix], shipped[iy, ix])
 
 
 def test_any_four_instruments_make_a_grid(pack):
@@ -45,13 +58,13 @@ def test_selector_swaps_the_engines_grid_while_it_plays(pack):
     before = engine.grid
     sel.step("NW", 1)
     sel.step("NW", 1)  # two encoder clicks: the newest request wins
-    assert sel.wait(10)
+    assert sel.wait(60)
     assert sel.corners["NW"] == (pack.corners["NW"] + 2) % 16
     assert engine.grid is not before and changes[-1] == sel.corners
     out = np.concatenate([engine.render_block()[:, 0] for _ in range(50)])
     assert np.isfinite(out).all() and np.abs(out).max() > 0.001
     sel.select({"SE": 42})
-    assert sel.wait(10) and "no such instrument" in sel.last_error
+    assert sel.wait(60) and "no such instrument" in sel.last_error
     assert sel.corners["SE"] == pack.corners["SE"]  # the old choice plays on
 
 
@@ -61,7 +74,7 @@ def test_set_pack_drops_a_rebuild_from_the_old_pack(pack):
     sel.select({"NW": 5})  # a rebuild from the old pack is under way ...
     new_grid = build_grid(pack, {"NW": 1, "NE": 2, "SW": 3, "SE": 4})
     sel.set_pack(pack, new_grid)  # ... when another pack is activated
-    assert sel.wait(10)
+    assert sel.wait(60)
     assert engine.grid is new_grid  # the stale rebuild never overtook it
     assert sel.corners == pack.corners
 
@@ -75,7 +88,7 @@ def test_steps_during_a_rebuild_build_on_the_newest_request(pack):
     for _ in range(5):
         sel.step("NW", -1)
         sel.step("SE", 1)
-    assert sel.wait(10)
+    assert sel.wait(60)
     assert sel.corners["NW"] == (pack.corners["NW"] - 5) % 16
     assert sel.corners["SE"] == (se + 5) % 16
 
@@ -100,7 +113,7 @@ def test_a_corner_change_under_a_held_note_morphs_without_a_click(pack):
     sel = CornerSelector(engine, pack)
     organ = pack.instrument_names.index("Church Organ")
     sel.select({"NW": organ})
-    assert sel.wait(10) and sel.last_error is None
+    assert sel.wait(60) and sel.last_error is None
     after = render(1.2)
 
     def partials(audio):

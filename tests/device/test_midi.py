@@ -315,7 +315,7 @@ def test_the_router_thread_applies_messages_from_many_threads_in_per_thread_orde
         t.start()
     for t in threads:
         t.join()
-    assert r.wait_idle(5)
+    assert r.wait_idle(60)
     assert len(e.calls) == 800
     for ch in range(4):
         mine = [c for c in e.calls if c[-1] == ch]

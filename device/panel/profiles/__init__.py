@@ -14,8 +14,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from morphbox.kernels.grid import CORNERS
+
 PROFILE_DIR = Path(__file__).resolve().parent
-CORNERS = ("NW", "NE", "SW", "SE")
 POT_ROLES = ("position", "attack", "decay", "sustain", "release", "volume")
 
 TOUCH_DRIVERS = {"trill-square": ("Trill Square", range(0x28, 0x30)),
