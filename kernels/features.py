@@ -187,3 +187,31 @@ def noise_bin_weights(freqs_hz: np.ndarray, n_bands: int = N_NOISE_BANDS) -> np.
     out[i0[inside], cols] = 1.0 - w[inside]
     out[i0[inside] + 1, cols] += w[inside]
     return out
+
+
+def channel_weights(f0_hz: np.ndarray, n_harmonics: int = N_HARMONICS,
+                    n_envelope: int = N_ENVELOPE, n_noise_bands: int = N_NOISE_BANDS,
+                    sample_rate: float = SAMPLE_RATE) -> np.ndarray:
+    """``(len(f0_hz), K + E + B)`` float32: the power a channel at 0 dB adds to a frame of a
+    note at each ``f0_hz``: 1/2 per own partial below the band limit, 1/2 per partial above
+    ``K`` in each envelope band, the band's share of the spectrum for a noise band (white
+    noise of variance 1 has power 1)."""
+    f0 = np.atleast_1d(np.asarray(f0_hz, np.float64))
+    out = np.zeros((len(f0), n_harmonics + n_envelope + n_noise_bands), np.float32)
+    env_edges = envelope_edges(n_envelope)
+    widths = np.diff(np.clip(noise_edges(n_noise_bands), 0, 0.5 * sample_rate)) / (
+        0.5 * sample_rate)
+    for i, f in enumerate(f0):
+        top = max_partials(f, sample_rate)
+        out[i, :min(top, n_harmonics)] = 0.5
+        out[i, n_harmonics:n_harmonics + n_envelope] = 0.5 * partials_per_band(
+            f, n_harmonics + 1, env_edges, sample_rate)
+        out[i, n_harmonics + n_envelope:] = widths
+    return out
+
+
+def frame_power(frames_db: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Power of frames ``(..., A, F, C)`` dB with :func:`channel_weights` ``(A, C)`` of their
+    anchors: ``(..., A, F)`` float32 (a full-scale sine is 0.5)."""
+    p = np.power(np.float32(10.0), np.asarray(frames_db, np.float32) * np.float32(0.1))
+    return np.einsum("...afc,ac->...af", p, np.asarray(weights, np.float32))

@@ -6,7 +6,8 @@ Runs the ``decode`` signature of a model file written by ``morphbox.host_tools.m
 imports TensorFlow. Not for the audio callback: a grid rebuild calls it from a background
 thread (DDSP-VST likewise keeps its network off the audio thread).
 
-The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``noise_db``) and become
+The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``envelope_db`` relative to
+the amplitude, ``noise_db``; layout of :mod:`morphbox.kernels.features`) and become
 the controls of :mod:`morphbox.kernels.synth` through
 :func:`morphbox.kernels.synth.controls_from_db`
 (DDSP, Engel et al. 2020: amplitude x harmonic distribution, plus noise band gains).
@@ -27,7 +28,7 @@ SIGNATURE = "decode"
 # input -> (rank, fixed trailing dims); output -> (rank, fixed trailing dims); None = the
 # model's own z size / harmonic and band counts, read from the file and reported
 INPUTS = {"z": 3, "f0_midi": 2, "loudness_db": 2}
-OUTPUTS = {"amplitude_db": 2, "harmonic_db": 3, "noise_db": 3}
+OUTPUTS = {"amplitude_db": 2, "harmonic_db": 3, "envelope_db": 3, "noise_db": 3}
 
 
 class ModelError(Exception):
@@ -71,8 +72,8 @@ class NeuralDecoder:
 
     Args:
         path: ``.tflite`` file.
-        z_dims, harmonics, noise_bands: what the caller (a pack) expects; a model with other
-            sizes is refused. ``None`` accepts what the model has.
+        z_dims, harmonics, noise_bands, envelope_bands: what the caller (a pack) expects; a
+            model with other sizes is refused. ``None`` accepts what the model has.
         num_threads: interpreter threads.
 
     Raises :class:`ModelError` if the file is unreadable, has no ``decode`` signature, or its
@@ -82,7 +83,7 @@ class NeuralDecoder:
 
     def __init__(self, path: str | os.PathLike, z_dims: int | None = 16,
                  harmonics: int | None = 64, noise_bands: int | None = 32,
-                 num_threads: int = 1):
+                 num_threads: int = 1, envelope_bands: int | None = 24):
         self.path = os.fspath(path)
         Interpreter = _interpreter_class()
         try:
@@ -111,9 +112,11 @@ class NeuralDecoder:
                                      f"of shape {list(shape)}; expected float32 of rank {rank}")
         self.z_dims = int(ins["z"].get("shape_signature", ins["z"]["shape"])[-1])
         self.harmonics = int(outs["harmonic_db"]["shape"][-1])
+        self.envelope_bands = int(outs["envelope_db"]["shape"][-1])
         self.noise_bands = int(outs["noise_db"]["shape"][-1])
         for what, want, have in (("z size", z_dims, self.z_dims),
                                  ("harmonics", harmonics, self.harmonics),
+                                 ("envelope bands", envelope_bands, self.envelope_bands),
                                  ("noise bands", noise_bands, self.noise_bands)):
             if want is not None and want != have:
                 raise ModelError(f"{self.path}: the model has {have} {what}, expected {want}")
@@ -123,7 +126,8 @@ class NeuralDecoder:
                   loudness_db: np.ndarray) -> dict[str, np.ndarray]:
         """Raw model outputs in dB for ``z`` ``(B, T, Z)`` (or ``(T, Z)``), ``f0_hz`` and
         ``loudness_db`` ``(B, T)`` (or ``(T,)``; Hz > 0 and dB). Returns ``{"amplitude_db":
-        (B, T), "harmonic_db": (B, T, K), "noise_db": (B, T, N)}`` float32 (no batch axis if
+        (B, T), "harmonic_db": (B, T, K), "envelope_db": (B, T, E), "noise_db": (B, T, N)}``
+        float32 (no batch axis if
         none was given). Raises ``ValueError`` on bad shapes, :class:`ModelError` if the
         runtime fails."""
         z = np.asarray(z, np.float32)
