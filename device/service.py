@@ -159,12 +159,12 @@ class Service:
     # ---- operations: patches ------------------------------------------------------------------
 
     def save_patch(self, slot: int) -> Patch:
-        """Store the corners, ADSR, volume and morph position in ``slot`` (1..4). Raises
-        :class:`PatchError` (the old patch stays)."""
+        """Store the corners, ADSR, volume, morph position and morph mode in ``slot``
+        (1..4). Raises :class:`PatchError` (the old patch stays)."""
         s = self.controls.snapshot
         patch = Patch(corners=dict(self.corners.corners), attack_s=s.attack_s,
                       decay_s=s.decay_s, sustain=s.sustain, release_s=s.release_s,
-                      volume=s.volume, x=s.x, y=s.y)
+                      volume=s.volume, x=s.x, y=s.y, morph_mode=s.morph_mode)
         try:
             self.patches.save(slot, patch)
         except PatchError:
@@ -174,9 +174,9 @@ class Service:
         return patch
 
     def recall_patch(self, slot: int) -> Patch:
-        """Apply the patch in ``slot`` (1..4): corners, ADSR, volume, morph position. Raises
-        :class:`PatchError` if the slot is empty, unreadable or made for another pack (nothing
-        changes then)."""
+        """Apply the patch in ``slot`` (1..4): corners, ADSR, volume, morph position and mode.
+        Raises :class:`PatchError` if the slot is empty, unreadable or made for another pack
+        (nothing changes then)."""
         try:
             patch = self.patches.load(slot)
         except PatchError:
@@ -195,6 +195,7 @@ class Service:
                    release_s=patch.release_s)
         c.set_volume(patch.volume)
         c.set_touch(patch.x, patch.y, touching=c.snapshot.touching)
+        c.set_morph_mode(patch.morph_mode)
         self.say(f"recalled patch {slot}")
         return patch
 

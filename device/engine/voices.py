@@ -6,18 +6,27 @@ waits: note events arrive through a ``collections.deque`` (append/popleft are at
 control state is an immutable snapshot (:mod:`morphbox.device.engine.controls`) and the active grid
 is swapped by assigning one attribute.
 
+Each voice carries its own expression: a morph position ``(x, y)``, a pitch bend (semitones,
+added to the global bend), a pressure and a timbre (CC 74), both 0..1. Where a voice sits
+depends on the morph mode (:data:`morphbox.device.engine.controls.MORPH_MODES`): on the touch
+(``follow``), where the touch was when the note started (``latch``), or on the touch moved by
+the voice's timbre and pressure (``mpe``, :class:`morphbox.device.engine.controls.Expression`).
+Per-voice controls arrive by (channel, note) or by channel (an MPE member channel) through
+:meth:`Engine.voice_control`.
+
 Per block, for all sounding voices at once (numpy, no per-voice Python loop):
 
-1. The morph position (smoothed, one-pole, ``morph_smoothing_s``) picks the grid cell; the four
-   neighbouring grid points are mixed bilinearly, and each voice's two nearest analysis frames
-   linearly, in dB, giving harmonic amplitudes and noise band gains.
-2. Partials that would pass Nyquist at the played pitch (MIDI note + bend) are removed; a
-   single-cycle table is built per voice (:mod:`morphbox.kernels.oscillator`) and read with the
-   previous block's table crossfaded into it over the block, so timbre moves without zipper
-   noise while a note is held.
-3. ADSR (:mod:`morphbox.kernels.envelope`) times velocity gain (DLS curve ``(v / 127)^2``) shape
-each
-   voice; one filtered-noise stream carries every voice's noise (:mod:`morphbox.kernels.noise`).
+1. Each voice's morph position is smoothed towards its target (one-pole per voice,
+   ``morph_smoothing_s``) and picks that voice's grid cell; its four neighbouring grid points
+   are gathered and mixed bilinearly, and its two nearest analysis frames linearly, in dB,
+   giving harmonic amplitudes and noise band gains per voice.
+2. Partials that would pass Nyquist at the voice's played pitch (MIDI note + global bend +
+   its own bend, each smoothed) are removed; a single-cycle table is built per voice
+   (:mod:`morphbox.kernels.oscillator`) and read with the previous block's table crossfaded
+   into it over the block, so timbre moves without zipper noise while a note is held.
+3. ADSR (:mod:`morphbox.kernels.envelope`) times velocity gain (DLS curve ``(v / 127)^2``)
+   times the pressure gain shape each voice; one filtered-noise stream carries every voice's
+   noise (:mod:`morphbox.kernels.noise`).
 4. Master volume (ramped), then the soft limiter (:mod:`morphbox.kernels.limiter`).
 
 Voices: up to ``max_voices`` sound at once; a note-on beyond that steals the oldest voice,
@@ -28,6 +37,7 @@ and ping-ponging through the pack's sustain loop while it sounds.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -36,7 +46,6 @@ import numpy as np
 from morphbox.device.engine.controls import Controls
 from morphbox.device.packs.format import Grid
 from morphbox.kernels import envelope as env
-from morphbox.kernels.grid import grid_cell
 from morphbox.kernels.limiter import SoftLimiter
 from morphbox.kernels.noise import NoiseSynth
 from morphbox.kernels.oscillator import (
@@ -47,7 +56,9 @@ from morphbox.kernels.oscillator import (
     read_crossfade,
 )
 
-_NOTE_ON, _NOTE_OFF, _ALL_NOTES_OFF, _ALL_SOUND_OFF = range(4)
+_NOTE_ON, _NOTE_OFF, _ALL_NOTES_OFF, _ALL_SOUND_OFF, _VOICE = range(5)
+_PITCH_MIN, _PITCH_MAX = -60.0, 135.0  # played pitch clamp, MIDI (135 is ~19.9 kHz)
+_NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,10 @@ class EngineConfig:
         channels: output channels (the mono mix is copied to each).
         max_voices: notes sounding at once before stealing; fade_voices: spare slots for
         stolen voices fading out; steal_fade_s: that fade, seconds.
-        morph_smoothing_s: time constant of the morph/bend/volume smoothing, seconds.
+        morph_smoothing_s: time constant of the morph/bend/volume smoothing, seconds (the
+            per-voice morph positions too).
+        expression_smoothing_s: time constant of each voice's own bend and pressure,
+            seconds (short, so MPE vibrato keeps its depth).
         voice_gain: linear gain of one full-velocity voice before the limiter.
         seed: noise seed (offline renders are deterministic).
     """
@@ -71,6 +85,7 @@ class EngineConfig:
     fade_voices: int = 8
     steal_fade_s: float = 0.006
     morph_smoothing_s: float = 0.03
+    expression_smoothing_s: float = 0.005
     voice_gain: float = 0.5
     seed: int = 0
 
@@ -84,7 +99,8 @@ class Engine:
         controls: shared :class:`morphbox.device.engine.controls.Controls` (one is made if omitted).
 
     Entry points for inputs (any thread, never block): :meth:`note_on`, :meth:`note_off`,
-    :meth:`all_notes_off`, :meth:`all_sound_off`, ``controls.*``, :meth:`set_grid`.
+    :meth:`voice_control`, :meth:`all_notes_off`, :meth:`all_sound_off`, ``controls.*``,
+    :meth:`set_grid`.
     """
 
     def __init__(self, grid: Grid, config: EngineConfig | None = None,
@@ -106,6 +122,35 @@ class Engine:
         self._fdir = np.ones(cap, np.float64)
         self._anchor = np.zeros(cap, np.int64)
         self._fresh = np.zeros(cap, bool)
+        # per-voice expression, whole-slot arrays (updated for every slot at once: cheaper
+        # than gathering the live ones): morph position (x, y) smoothed and its latched
+        # target; own bend (semitones) and pressure (0..1), smoothed towards their targets;
+        # timbre (CC 74, 0..1); pressure gain at the end of the last block (ramped from there)
+        self._pos = np.zeros((2, cap), np.float64)
+        self._latch = np.zeros((2, cap), np.float64)
+        self._expr = np.zeros((2, cap), np.float64)     # [bend, pressure], smoothed
+        self._ctl = np.zeros((3, cap), np.float64)      # [bend, pressure, timbre] targets
+        self._ctl[2] = 0.5
+        self._expr_to = self._ctl[:2]
+        self._timbre = self._ctl[2]
+        # channel-addressed voice controls of this block, [bend, pressure, timbre] x 16
+        # channels, NaN = unchanged: applied together (one masked copy however many messages)
+        self._pending = np.full((3, 16), np.nan)
+        self._pending_any = False
+        self._tp = np.zeros((4, cap), np.float64)       # scratch for the mpe morph targets
+        self._mpe_expr = self._mpe_matrix = None
+        self._pgain = np.ones(cap, np.float32)
+        self._glide = 0       # blocks some voice's bend or pressure may still be gliding
+        self._bend_glide = 0  # ... its bend (the pitch is recomputed meanwhile)
+        self._pgain_on = False     # some voice's pressure gain may differ from 1
+        self._spread = False       # follow mode: some voice is not (yet) on the touch
+        # per-voice pitch: f0 (Hz), phase increment, band-limit gains, recomputed only when a
+        # bend moved or a note started
+        self._f0v = np.zeros(cap, np.float64)
+        self._incv = np.zeros(cap, np.uint32)
+        self._blv = np.ones((cap, grid.n_harmonics), np.float32)
+        self._pitch_dirty = True
+        self._pitch_bend = None
         self._counter = 0
         self._bank = WavetableBank(grid.n_harmonics)
         self._tables = np.zeros((cap, self._bank.table_size + 1), np.float32)
@@ -115,27 +160,57 @@ class Engine:
         self._events: deque = deque()
         self._dt = cfg.block_size / cfg.sample_rate
         self._smooth = float(1.0 - np.exp(-self._dt / max(cfg.morph_smoothing_s, 1e-4)))
+        self._smooth_expr = float(1.0 - np.exp(-self._dt
+                                               / max(cfg.expression_smoothing_s, 1e-4)))
+        # blocks until a glide is within 1e-7 of its jump (then it lands on its target)
+        self._glide_len = int(np.ceil(np.log(1e-7) / np.log1p(-min(self._smooth_expr, 0.999))))
         self._ramp = (np.arange(1, cfg.block_size + 1) / cfg.block_size).astype(np.float32)
         snap = self.controls.snapshot
         self._x, self._y, self._bend, self._volume = snap.x, snap.y, snap.bend, snap.volume
-        self._table_bend = None
-        self._pitch_tables(grid.n_harmonics)
+        self._mode = snap.morph_mode
+        self._spread = self._mode != "follow"
+        self._log2k = np.log2(np.arange(1, grid.n_harmonics + 1)).astype(np.float32)
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self._taps: tuple = ()
         self.blocks = 0
 
     # ---- input entry points (producer threads) -------------------------------------------
-    def note_on(self, note: int, velocity: int, channel: int = 0) -> None:
-        """Start ``note`` (MIDI 0..127) at ``velocity`` (1..127; 0 means note off)."""
+    def note_on(self, note: int, velocity: int, channel: int = 0, bend: float = 0.0,
+                pressure: float = 0.0, timbre: float = 0.5) -> None:
+        """Start ``note`` (MIDI 0..127) at ``velocity`` (1..127; 0 means note off).
+
+        ``bend``: the voice's own pitch bend, semitones, added to the global bend (an MPE
+        member channel's bend); ``pressure`` 0..1 and ``timbre`` 0..1 (CC 74 / 127): the
+        voice's starting expression (a member channel's state before the note). Values are
+        clipped; a non-finite one is replaced by its default.
+        """
         if velocity <= 0:
             self.note_off(note, channel)
         else:
             self._events.append((_NOTE_ON, int(note) & 127, min(int(velocity), 127),
-                                 int(channel)))
+                                 int(channel), _finite(bend, 0.0, -96.0, 96.0),
+                                 _finite(pressure, 0.0, 0.0, 1.0),
+                                 _finite(timbre, 0.5, 0.0, 1.0)))
 
     def note_off(self, note: int, channel: int = 0) -> None:
         """Release every held voice of ``note`` on ``channel`` (its ADSR release starts)."""
         self._events.append((_NOTE_OFF, int(note) & 127, 0, int(channel)))
+
+    def voice_control(self, channel: int, note: int | None = None, *,
+                      bend: float | None = None, pressure: float | None = None,
+                      timbre: float | None = None) -> None:
+        """Set per-voice expression of every sounding voice (held or releasing) on
+        ``channel``, or only those of ``note`` on it (polyphonic aftertouch).
+
+        ``bend``: semitones added to the global bend (-96..96); ``pressure``, ``timbre``:
+        0..1. None leaves a value as it is; values are clipped, non-finite ones ignored.
+        Bend and pressure are smoothed per voice (``expression_smoothing_s``), the morph
+        position a timbre/pressure change moves (``mpe`` mode) by ``morph_smoothing_s``.
+        """
+        self._events.append((_VOICE, -1 if note is None else int(note) & 127, 0,
+                             int(channel), _finite(bend, _NAN, -96.0, 96.0),
+                             _finite(pressure, _NAN, 0.0, 1.0),
+                             _finite(timbre, _NAN, 0.0, 1.0)))
 
     def all_notes_off(self) -> None:
         """Release every voice (MIDI CC 123)."""
@@ -166,8 +241,19 @@ class Engine:
         """Voices currently sounding (including ones in release or fading)."""
         return int(np.count_nonzero(self._stage))
 
+    def voice_positions(self) -> np.ndarray:
+        """``(voices, 2)`` float64 morph positions ``(x, y)`` (0..1) of the sounding voices,
+        oldest note first, as of the last rendered block (for displays and tests; read from
+        another thread it may mix two blocks)."""
+        live = np.flatnonzero(self._stage)
+        live = live[np.argsort(self._age[live], kind="stable")]
+        if not self._spread:  # follow mode, every voice on the touch
+            return np.tile([self._x, self._y], (len(live), 1))
+        return self._pos[:, live].T.copy()
+
     # ---- the audio thread ------------------------------------------------------------------
-    def _start_voice(self, note: int, velocity: int, channel: int) -> None:
+    def _start_voice(self, note: int, velocity: int, channel: int, bend: float,
+                     pressure: float, timbre: float) -> None:
         cfg = self.config
         stage = self._stage
         playing = (stage != env.IDLE) & (stage != env.FADE)
@@ -195,13 +281,70 @@ class Engine:
         self._fdir[slot] = 1.0
         self._anchor[slot] = np.argmin(np.abs(self.grid.anchors - note))
         self._fresh[slot] = True
+        # expression: the voice starts where its mode puts it (no glide in from elsewhere)
+        snap = self.controls.snapshot
+        x, y = self._x, self._y  # the smoothed touch
+        self._latch[:, slot] = x, y
+        if snap.morph_mode == "mpe":
+            x, y = _mpe_position(x, y, timbre, pressure, snap.expression)
+        self._pos[:, slot] = x, y
+        self._expr[:, slot] = self._expr_to[:, slot] = bend, pressure
+        self._timbre[slot] = timbre
+        self._pgain[slot] = _pressure_gain(pressure, snap.expression.pressure_loudness)
+        self._pitch_dirty = True
+
+    def _voice_event(self, note: int, channel: int, bend: float, pressure: float,
+                     timbre: float) -> None:
+        hit = (self._stage != env.IDLE) & (self._channel == channel)
+        if note >= 0:
+            hit &= self._note == note
+        if bend == bend:  # not NaN
+            self._expr_to[0, hit] = bend
+            self._glide = self._bend_glide = self._glide_len
+        if pressure == pressure:
+            self._expr_to[1, hit] = pressure
+            self._glide = self._glide_len
+        if timbre == timbre:
+            self._timbre[hit] = timbre
+
+    def _flush_pending(self) -> None:
+        """Apply the block's channel-addressed voice controls to every sounding voice on
+        those channels, in one masked copy."""
+        p = self._pending
+        vals = p[:, self._channel]
+        ok = vals == vals  # not NaN
+        ok &= self._stage != env.IDLE
+        np.copyto(self._ctl, vals, where=ok)
+        p.fill(np.nan)
+        self._pending_any = False
 
     def _drain_events(self) -> None:
         events = self._events
+        pending = self._pending
         while events:
-            kind, note, velocity, channel = events.popleft()
+            ev = events.popleft()
+            kind, note, velocity, channel = ev[:4]
+            if kind == _VOICE:
+                if note < 0 and 0 <= channel < 16:  # by channel: coalesced, in message order
+                    bend, pressure, timbre = ev[4:]
+                    if bend == bend:  # not NaN
+                        pending[0, channel] = bend
+                        self._glide = self._bend_glide = self._glide_len
+                    if pressure == pressure:
+                        pending[1, channel] = pressure
+                        self._glide = self._glide_len
+                    if timbre == timbre:
+                        pending[2, channel] = timbre
+                    self._pending_any = True
+                    continue
+                if self._pending_any:
+                    self._flush_pending()
+                self._voice_event(note, channel, *ev[4:])
+                continue
+            if self._pending_any and kind == _NOTE_ON:
+                self._flush_pending()  # what came before a note-on does not reach it
             if kind == _NOTE_ON:
-                self._start_voice(note, velocity, channel)
+                self._start_voice(note, velocity, channel, *ev[4:])
             elif kind == _NOTE_OFF:
                 hit = self._held & (self._note == note) & (self._channel == channel)
                 self._stage[hit & (self._stage != env.FADE)] = env.RELEASE
@@ -213,11 +356,15 @@ class Engine:
             elif kind == _ALL_SOUND_OFF:
                 self._stage[self._stage != env.IDLE] = env.FADE
                 self._held[:] = False
+        if self._pending_any:
+            self._flush_pending()
 
     def _adopt_grid(self, grid: Grid) -> None:
         """A new grid arrived: re-pick anchors and clamp frame positions of live voices."""
         self._anchor[:] = np.argmin(np.abs(grid.anchors[None, :] - self._note[:, None]), axis=1)
         np.clip(self._fpos, 0.0, grid.n_frames - 1.001, out=self._fpos)
+        # rows of (point, anchor, frame): a view of the C-contiguous array Grid makes
+        self._flat = grid.frames_db.reshape(-1, grid.frames_db.shape[-1])
         self._grid_seen = grid
 
     def render_block(self) -> np.ndarray:
@@ -230,6 +377,8 @@ class Engine:
         a = self._smooth
         self._x += (snap.x - self._x) * a
         self._y += (snap.y - self._y) * a
+        if snap.morph_mode != self._mode:
+            self._change_mode(snap.morph_mode)
         if self._bend != snap.bend:
             self._bend += (snap.bend - self._bend) * a
             if abs(snap.bend - self._bend) < 1e-4:
@@ -249,14 +398,73 @@ class Engine:
             tap(self._out)
         return self._out
 
-    def _pitch_tables(self, n_harmonics: int) -> None:
-        """f0 (Hz), phase increments and band-limit gains ``(128, K)`` of every MIDI note at
-        the current bend, recomputed only when the (smoothed) bend has moved."""
-        if self._bend != self._table_bend:
-            self._table_bend = self._bend
-            self._f0 = 440.0 * np.exp2((np.arange(128) + self._bend - 69.0) / 12.0)
-            self._inc = phase_increment(self._f0, self.config.sample_rate)
-            self._bandlimit = bandlimit_gains(self._f0, n_harmonics, self.config.sample_rate)
+    def _change_mode(self, mode: str) -> None:
+        if not self._spread:  # the voices were all on the (smoothed) touch
+            self._pos[0] = self._x
+            self._pos[1] = self._y
+        if mode == "latch":  # sounding voices stay where they are now
+            self._latch[:] = self._pos
+        self._spread = True  # follow mode clears it once every voice has reached the touch
+        self._mode = mode
+
+    def _positions(self, live: np.ndarray, snap) -> tuple:
+        """Smooth each voice's morph position towards its mode's target; returns the live
+        voices', ``(voices,)`` x and y, or the smoothed touch (two floats) while every voice
+        is on it (``follow`` mode)."""
+        mode = snap.morph_mode
+        if mode == "follow" and not self._spread:
+            return self._x, self._y
+        pos = self._pos
+        if mode == "latch":
+            target = self._latch
+        elif mode == "mpe":
+            e = snap.expression
+            if e is not self._mpe_expr:
+                self._mpe_expr = e
+                self._mpe_matrix = np.array([[e.timbre_x, e.pressure_x, 1.0, 0.0],
+                                             [e.timbre_y, e.pressure_y, 0.0, 1.0]])
+            tp = self._tp  # [timbre - centre, pressure, touch x, touch y]
+            np.subtract(self._timbre, e.timbre_centre, out=tp[0])
+            tp[1] = self._expr_to[1]
+            tp[2] = snap.x
+            tp[3] = snap.y
+            target = self._mpe_matrix @ tp
+            np.minimum(np.maximum(target, 0.0, out=target), 1.0, out=target)
+        else:
+            target = np.array([[snap.x], [snap.y]])
+        pos += (target - pos) * self._smooth
+        xy = pos[:, live]
+        if mode == "follow" and np.abs(xy - [[self._x], [self._y]]).max() < 1e-9:
+            self._spread = False  # all arrived: back on the shared touch from the next block
+        return xy[0], xy[1]
+
+    def _smooth_expression(self) -> None:
+        """One-pole step of every voice's bend and pressure towards its target, for
+        ``_glide_len`` blocks after the last change; then they land on it (no endless tail,
+        no denormals)."""
+        x = self._expr
+        self._glide -= 1
+        if self._glide:
+            x += (self._expr_to - x) * self._smooth_expr
+        else:
+            x[:] = self._expr_to
+            self._pitch_dirty = True
+        if self._bend_glide:
+            self._bend_glide -= 1
+            self._pitch_dirty = True
+
+    def _update_pitch(self, n_harmonics: int) -> None:
+        """f0 (Hz), phase increments and band-limit gains of every voice at its played pitch:
+        note + global bend + own bend (clamped to MIDI -60..135)."""
+        sr = self.config.sample_rate
+        pitch = self._note + (self._expr[0] + self._bend)
+        np.minimum(np.maximum(pitch, _PITCH_MIN, out=pitch), _PITCH_MAX, out=pitch)
+        self._f0v = f0 = 440.0 * np.exp2((pitch - 69.0) / 12.0)
+        self._incv = phase_increment(f0, sr)
+        if f0.max() * n_harmonics > BANDLIMIT_LO * sr:
+            self._blv = bandlimit_gains(f0, n_harmonics, sr)
+        self._pitch_dirty = False
+        self._pitch_bend = self._bend
 
     def _render_voices(self, grid: Grid, live: np.ndarray, snap) -> np.ndarray:
         cfg = self.config
@@ -264,36 +472,53 @@ class Engine:
         env.advance_adsr(self._stage, self._level, self._dt, snap.attack_s, snap.decay_s,
                          snap.sustain, snap.release_s, cfg.steal_fade_s)
         env_end = self._level[live]
-        # timbre: bilinear over the 4 neighbouring grid points, linear between 2 frames, in dB
-        iy0, ix0, w = grid_cell(self._x, self._y, grid.size)
+        expr = snap.expression
+        if self._glide:
+            self._smooth_expression()
+        # timbre: each voice's 4 neighbouring grid points (bilinear) and 2 frames, in dB
+        vx, vy = self._positions(live, snap)
         fpos = self._fpos[live]
         i0 = np.minimum(fpos.astype(np.int64), grid.n_frames - 2)
-        fr = (fpos - i0).astype(np.float32)[:, None]
-        frames_db = _mix(grid.frames_db[iy0:iy0 + 2, ix0:ix0 + 2], w, self._anchor[live], i0,
-                         fr)
+        fr = fpos - i0
+        frames_db = _mix_voices(self._flat, grid.frames_db.shape, vx, vy, self._anchor[live],
+                                i0, fr)
+        k = grid.n_harmonics
+        if expr.pressure_brightness > 0.0:  # tilt: -d (1 - p) log2(k) dB
+            dark = expr.pressure_brightness * (1.0 - self._expr[1, live])
+            frames_db[:, :k] -= dark[:, None] * self._log2k
         frames_db *= np.float32(np.log(10.0) / 20.0)  # dB -> nepers
         mags = np.exp(frames_db)
-        k = grid.n_harmonics
         amps = mags[:, :k]
-        notes = self._note[live]
-        self._pitch_tables(k)
-        f0 = self._f0[notes]
+        if self._pitch_dirty or self._bend != self._pitch_bend:
+            self._update_pitch(k)
+        f0 = self._f0v[live]
         if f0.max() * k > BANDLIMIT_LO * cfg.sample_rate:
-            amps *= self._bandlimit[notes]
+            amps *= self._blv[live]
         tables = self._bank.build(amps)
         fresh = self._fresh[live]
         prev = self._tables[live]
         if fresh.any():
             prev[fresh] = tables[fresh]
             self._fresh[live] = False
-        inc = self._inc[notes]
+        inc = self._incv[live]
         phase = self._phase[live]
         wave = read_crossfade(prev, tables, phase, inc, cfg.block_size, self._ramp)
         gain = self._gain[live] * np.float32(cfg.voice_gain)
-        amp = (env_start * gain)[:, None] + ((env_end - env_start) * gain)[:, None] * self._ramp
+        end = env_end * gain
+        if expr.pressure_loudness > 0.0 or self._pgain_on:
+            g1 = _pressure_gain(self._expr[1, live].astype(np.float32),
+                                expr.pressure_loudness)
+            start = env_start * gain * self._pgain[live]
+            end *= g1
+            self._pgain[live] = g1
+            self._pgain_on = expr.pressure_loudness > 0.0
+            amp = start[:, None] + (end - start)[:, None] * self._ramp
+        else:
+            amp = (env_start * gain)[:, None] + ((env_end - env_start) * gain)[:, None] \
+                * self._ramp
         wave *= amp
         mono = wave.sum(axis=0)
-        band = mags[:, k:] * (env_end * gain)[:, None]
+        band = mags[:, k:] * end[:, None]
         mono += self._noise.render(np.einsum("vb,vb->b", band, band))
         # advance oscillator and frame state
         self._tables[live] = tables
@@ -312,19 +537,67 @@ class Engine:
         return mono
 
 
-def _mix(cell: np.ndarray, w: np.ndarray, anchor: np.ndarray, i0: np.ndarray,
-         fr: np.ndarray) -> np.ndarray:
-    """``cell`` (2, 2, anchors, frames, bins) dB -> (voices, bins): bilinear in the cell with
-    weights ``w`` (2, 2), linear between frames ``i0`` and ``i0 + 1`` with fraction ``fr``."""
-    n = len(i0)
-    rows = cell[:, :, np.concatenate([anchor, anchor]), np.concatenate([i0, i0 + 1])]
-    ab = w.reshape(1, 4) @ rows.reshape(4, -1)
-    ab = ab.reshape(2, n, -1)
-    a, b = ab[0], ab[1]
-    b -= a
-    b *= fr
-    a += b
-    return a
+_WEIGHT_FLOOR = 1e-9  # bilinear/frame factors below are 0: products stay clear of denormals
+
+
+def _mix_voices(flat: np.ndarray, shape: tuple, x: np.ndarray, y: np.ndarray,
+                anchor: np.ndarray, i0: np.ndarray, fr: np.ndarray) -> np.ndarray:
+    """Each voice's bilinear grid look-up, ``(voices, bins)`` float32 dB.
+
+    ``flat``: :attr:`Grid.frames_db` ``(G, G, anchors, frames, bins)`` viewed as
+    ``(G * G * anchors * frames, bins)``, ``shape`` its 5-d shape; ``x``, ``y`` ``(voices,)``
+    morph positions 0..1 (or two floats: every voice at one position); ``anchor``, ``i0``
+    ``(voices,)`` pitch anchor and first frame;
+    ``fr`` ``(voices,)`` fraction towards frame ``i0 + 1``. Voice v mixes the 4 points of its
+    cell with the weights of :func:`morphbox.kernels.grid.grid_cell` at ``(x[v], y[v])`` and
+    its two frames linearly: one gather of ``(voices, 8, bins)`` rows and one batched
+    ``(1, 8) @ (8, bins)`` product. Factors under 1e-9 count as 0 (a voice close to a grid
+    line), which keeps the products out of denormal floats (a 10x slower matmul on x86).
+    """
+    size, _, n_anchors, n_frames, bins = shape
+    n = len(anchor)
+    fx = np.minimum(np.maximum(x, 0.0), 1.0) * (size - 1)
+    fy = np.minimum(np.maximum(y, 0.0), 1.0) * (size - 1)
+    ix0 = np.minimum(fx.astype(np.int64), size - 2)
+    iy0 = np.minimum(fy.astype(np.int64), size - 2)
+    f = np.empty((3, 2, n))  # (y, x, frame) factors, (1 - a, a)
+    np.subtract(fy, iy0, out=f[0, 1])
+    np.subtract(fx, ix0, out=f[1, 1])
+    f[2, 1] = fr
+    np.subtract(1.0, f[:, 1], out=f[:, 0])
+    f[f < _WEIGHT_FLOOR] = 0.0
+    w = (f[0][:, None, None] * f[1][None, :, None]).reshape(4, 1, n) * f[2][None]
+    w = w.reshape(8, n).T.astype(np.float32)[:, None, :]  # (voices, 1, 8) in row order
+    step_x = n_anchors * n_frames
+    rows = (((iy0 * size + ix0) * n_anchors + anchor) * n_frames + i0)[:, None] \
+        + np.array([0, 1, step_x, step_x + 1, size * step_x, size * step_x + 1,
+                    (size + 1) * step_x, (size + 1) * step_x + 1])
+    rows = flat.take(rows.ravel(), axis=0).reshape(n, 8, bins)
+    return np.matmul(w, rows).reshape(n, bins)
+
+
+def _mpe_position(x, y, timbre, pressure, expr) -> tuple:
+    """The ``mpe`` morph mode: touch ``(x, y)`` moved by ``timbre`` and ``pressure`` (0..1,
+    scalars or ``(voices,)``) through :class:`Expression`, clipped to 0..1."""
+    t = timbre - expr.timbre_centre
+    px = np.clip(x + expr.timbre_x * t + expr.pressure_x * pressure, 0.0, 1.0)
+    py = np.clip(y + expr.timbre_y * t + expr.pressure_y * pressure, 0.0, 1.0)
+    return px, py
+
+
+def _pressure_gain(pressure, depth: float):
+    """Voice gain from pressure (0..1): ``1 - depth + depth * pressure``."""
+    return np.float32(1.0 - depth) + np.float32(depth) * pressure
+
+
+def _finite(v, default: float, lo: float, hi: float) -> float:
+    """``v`` as a float clipped to lo..hi; ``default`` if it is None or not finite."""
+    if v is None:
+        return default
+    v = float(v)
+    if not math.isfinite(v):
+        return default
+    return min(max(v, lo), hi)
 
 
 def render_offline(engine: Engine, n_samples: int) -> np.ndarray:

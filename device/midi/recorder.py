@@ -152,7 +152,10 @@ class _Session:
         self.midi_path = stem.with_suffix(".mid")
         self.wav = WavWriter(stem.with_suffix(".wav"), cfg.sample_rate, cfg.channels)
         self.ring = AudioRing(int(rec.ring_s * cfg.sample_rate), cfg.channels)
-        self.events: list[tuple[float, mido.Message]] = []
+        # the router's state at the start (MPE zones, bend ranges, channel expression, morph
+        # mode), so the file replays from the same state
+        self.events: list[tuple[float, mido.Message]] = [
+            (0.0, m) for m in (rec.preamble() if rec.preamble is not None else ())]
         self.midi_events = self.morph_events = 0
         self.t0 = rec.clock()
         self.last_morph: list[int | None] = [None, None]
@@ -245,6 +248,11 @@ class Recorder:
         clock: seconds, increasing (MIDI and morph timestamps; tests pass their own).
         writer: run the writer thread (every 20 ms: drain, sample the morph, flush every
             ``flush_s``); False: the caller calls :meth:`step` (tests drive time).
+
+    Attributes:
+        preamble: optional ``f()`` returning messages written at time 0 of each recording
+            (the router's :meth:`~morphbox.device.midi.router.MidiRouter.state_messages`:
+            MPE zones and channel states, so a replay starts where the recording did).
     """
 
     def __init__(self, engine, directory: str | os.PathLike,
@@ -255,6 +263,7 @@ class Recorder:
         self.directory = Path(directory)
         self.morph_ccs = tuple(morph_ccs)
         self.flush_s, self.ring_s = flush_s, ring_s
+        self.preamble = None
         self.last: Recording | None = None
         self._session: _Session | None = None
         self._lock = threading.Lock()

@@ -1,11 +1,15 @@
-"""Patches: corners + ADSR + volume + morph position, in 4 slots as on the original box.
+"""Patches: corners + ADSR + volume + morph position and mode, in 4 slots as on the original box.
 
 Each slot is a JSON file ``patch-<slot>.json`` (slot 1..4) in the state directory:
 ``MORPHBOX_STATE_DIR``, else ``~/.local/state/morphbox`` (``/var/lib/morphbox`` on the Pi, set
 by the unit file). Files are written with :func:`morphbox.device.common.atomic_write`: a
 power cut leaves the old patch or the new one.
 
-Owns: the patch file format. Imports: :mod:`morphbox.device.common`, :mod:`morphbox.kernels`.
+Fields added later have defaults, so older patch files load unchanged: ``x``/``y`` (0.5) and
+``morph_mode`` (``follow``, the only mode before it existed).
+
+Owns: the patch file format. Imports: :mod:`morphbox.device.common`,
+:mod:`morphbox.device.engine.controls` (the morph modes), :mod:`morphbox.kernels`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from morphbox.device.common import atomic_write, state_dir
+from morphbox.device.engine.controls import MORPH_MODES
 from morphbox.kernels.grid import CORNERS
 
 SLOTS = 4
@@ -27,7 +32,8 @@ class PatchError(ValueError):
 @dataclass(frozen=True)
 class Patch:
     """``corners``: ``{"NW": instrument index, ...}``; ADSR in seconds (sustain 0..1);
-    ``volume`` 0..1; morph position ``x``, ``y`` 0..1."""
+    ``volume`` 0..1; morph position ``x``, ``y`` 0..1; ``morph_mode`` ``follow``, ``latch``
+    or ``mpe`` (:data:`morphbox.device.engine.controls.MORPH_MODES`)."""
 
     corners: dict
     attack_s: float
@@ -37,6 +43,7 @@ class Patch:
     volume: float
     x: float = 0.5
     y: float = 0.5
+    morph_mode: str = "follow"
 
     @classmethod
     def from_dict(cls, d: dict) -> Patch:
@@ -56,7 +63,11 @@ class Patch:
             if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
                 raise PatchError(f"patch field {name!r} must be a number in {lo}..{hi}, got {v!r}")
             vals[name] = float(v)
-        return cls(corners={c: int(corners[c]) for c in CORNERS}, **vals)
+        mode = d.get("morph_mode", "follow")
+        if mode not in MORPH_MODES:
+            raise PatchError(f"patch field 'morph_mode' must be one of "
+                             f"{', '.join(MORPH_MODES)}, got {mode!r}")
+        return cls(corners={c: int(corners[c]) for c in CORNERS}, morph_mode=mode, **vals)
 
     def to_dict(self) -> dict:
         return asdict(self)
