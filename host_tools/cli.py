@@ -128,10 +128,12 @@ def cmd_pack_info(args) -> int:
     pack = load_pack(args.pack)
     m = pack.manifest
     size = sum(v["bytes"] for v in m["members"].values())
+    t = pack.frame_times
     print(f"{pack.name}: {m['mode']} pack v{m['format_version']}, {size / 1e6:.1f} MB, "
           f"grid {m['grid_size']}x{m['grid_size']}, anchors {m['pitch_anchors'][0]}.."
-          f"{m['pitch_anchors'][-1]} ({len(m['pitch_anchors'])}), {m['frames']} frames at "
-          f"{m['frame_rate']:g} Hz, loop {m['loop']['start']}..{m['loop']['end']}")
+          f"{m['pitch_anchors'][-1]} ({len(m['pitch_anchors'])}), {m['frames']} frames over "
+          f"{t[-1]:g} s, loop {t[m['loop']['start']]:g}..{t[m['loop']['end']]:g} s, "
+          f"velocity layers {', '.join(map(str, m['velocity_layers']))}")
     if pack.is_neural:
         anchored = m.get("neural_grid", {}).get("anchor_corners", False)
         print(f"model {m['model']['version']} ({m['model']['quantization']}, z "

@@ -5,9 +5,13 @@ folder) at every pitch anchor and analysed whole (:func:`morphbox.kernels.analys
 analyze_note`: 64 partials, the harmonic envelope to 20 kHz, 32 ERB noise bands; 250 frames/s
 over the attack, 50/s after) up to ``duration_s``. Then, per note:
 
-* **decay and loop** (:mod:`morphbox.kernels.sustain`): decay rates per channel fitted over
-  the last ``duration_s - loop_start_s + 0.5`` s (0 for a sustaining note), and the frames
-  before the loop end crossfaded so the loop ``loop_start_s .. duration_s`` joins seamlessly;
+* **decay and loop** (:mod:`morphbox.kernels.sustain`): a sustaining note (its level falls
+  by less than 1 dB/s over the loop) gets its last ``crossfade_s`` crossfaded so the loop
+  ``loop_start_s .. duration_s`` joins seamlessly, and loops; a decaying note has its frames
+  levelled so its total never rises after the peak, and holds its last frame past the loop
+  end while each channel keeps decaying at its own rate, fitted on the source from the loop
+  start to 0.1 s before its note-off (frames every 0.1 s after ``duration_s``: the source is
+  held 4 s);
 * **velocity layers**: the note is rendered again at each of ``velocity_layers`` and the
   layer's long-term spectrum (power over 11 frames in 0..2 s) less the reference velocity's is
   stored per channel (dB); a WAV instrument has one velocity, its layers follow the DLS curve
@@ -58,18 +62,28 @@ from morphbox.device.packs.format import (
 from morphbox.kernels.analysis import analyze_note
 from morphbox.kernels.features import (
     BAND_LIMIT_HZ,
+    DB_FLOOR,
     N_ENVELOPE,
     N_HARMONICS,
     N_NOISE_BANDS,
     SAMPLE_RATE,
+    channel_weights,
     frame_times,
+    with_gain,
 )
 from morphbox.kernels.grid import CORNERS
 from morphbox.kernels.pitch import midi_to_hz
 from morphbox.kernels.quant import dequantize_db, quantize_db
-from morphbox.kernels.sustain import decay_rates, make_loopable
+from morphbox.kernels.sustain import (
+    decay_rates,
+    is_decaying,
+    level_db,
+    make_loopable,
+    monotone,
+)
 
 LAYER_TIMES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0)  # s, long-term spectrum
+FUTURE_STEP_S = 0.1  # frames after the stored ones, for the decay past the loop
 MAX_LAYER_DB = 63.5  # velocity layer offsets are clipped to the int8 code range
 FIT_BEFORE_LOOP_S = 0.5  # decay rates are fitted from this long before the loop start
 
@@ -160,14 +174,16 @@ class PackSettings:
 @dataclass
 class InstrumentAnalysis:
     """One instrument at every anchor (levels normalised per instrument, loopable frames):
-    ``frames_db`` ``(A, F, C)``, ``loudness`` ``(A, F)``, ``decay`` ``(A, C)`` dB/s,
-    ``velocity`` ``(A, L, C)`` dB, ``pitch_cents`` ``(A,)``, ``notes`` (manifest records),
+    ``frames_db`` ``(A, F, C)``, ``loudness`` ``(A, F)``, ``decay`` ``(A, 2, C)`` dB/s,
+    ``velocity`` ``(A, L, C)`` dB, ``hold`` ``(A,)`` (1: a decaying note holds its last
+    frame past the loop), ``pitch_cents`` ``(A,)``, ``notes`` (manifest records),
     ``gain_db`` the instrument's normalisation."""
 
     frames_db: np.ndarray
     loudness: np.ndarray
     decay: np.ndarray
     velocity: np.ndarray
+    hold: np.ndarray
     pitch_cents: np.ndarray
     notes: list
     gain_db: float
@@ -190,10 +206,47 @@ def refined_f0(audio: np.ndarray, sample_rate: int, pitch: float, check: bool = 
     return f0, cents
 
 
+def future_times(settings: PackSettings, seconds: float) -> np.ndarray:
+    """Frame times after the stored ones (``duration_s`` + 0.1 s ..), up to ``seconds``."""
+    return np.arange(settings.duration_s + FUTURE_STEP_S, seconds - 0.1 + 1e-9,
+                     FUTURE_STEP_S)
+
+
 def _analyse(audio, pitch, settings: PackSettings, check: bool):
+    """``(frames (F, C), future frames (F', C), loudness (F,), cents, f0)`` of one note."""
+    from morphbox.host_tools.sources import HOLD_SECONDS
     f0, cents = refined_f0(audio, SAMPLE_RATE, pitch, check)
-    feats = analyze_note(audio, SAMPLE_RATE, f0, settings.frame_times, *settings.channels)
-    return feats.frames_db, feats.loudness_db, cents, f0
+    times = np.concatenate([settings.frame_times,
+                            future_times(settings, min(HOLD_SECONDS,
+                                                       len(audio) / SAMPLE_RATE))])
+    feats = analyze_note(audio, SAMPLE_RATE, f0, times, *settings.channels)
+    n = settings.n_frames
+    return feats.frames_db[:n], feats.frames_db[n:], feats.loudness_db[:n], cents, f0
+
+
+def note_dynamics(frames: np.ndarray, future: np.ndarray, settings: PackSettings,
+                  pitch: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(frames (F, C), rates (2, C), hold)`` of one note at MIDI ``pitch`` (module
+    docstring): a sustaining note loops seamlessly (rates 0, hold 0); a decaying one never
+    rises after its peak and holds its last frame past the loop end (hold 1), decaying at
+    rates[0] (dB/s). Levels are the frames' true power (every partial, the noise)."""
+    times = settings.frame_times
+    ls, le = settings.loop_frames
+    w = channel_weights(midi_to_hz(np.array([float(pitch)])), *settings.channels)[0]
+    rates = np.zeros((2, frames.shape[-1]), np.float32)
+    if not is_decaying(frames, times, times[ls] - FIT_BEFORE_LOOP_S, weights=w):
+        return make_loopable(frames, rates[1], times, ls, le, settings.crossfade_s), rates, 0.0
+    frames = monotone(frames, weights=w)
+    later = settings.duration_s + FUTURE_STEP_S * (1 + np.arange(len(future)))
+    audible = level_db(future, w) > level_db(frames[-1:], w)[0] - 60.0
+    if audible.sum() >= 5:  # the source further on: its last frame and what follows
+        rates[0] = decay_rates(np.concatenate([frames[le:], future[audible]]),
+                               np.concatenate([times[le:], later[audible]]), times[le],
+                               sustain_db_per_s=0.0, weights=w)
+    else:  # the source ends (a short recording): the last stored second
+        rates[0] = decay_rates(frames, times, times[ls] - FIT_BEFORE_LOOP_S,
+                               sustain_db_per_s=0.0, weights=w)
+    return frames, rates, 1.0
 
 
 def layer_spectrum(audio: np.ndarray, f0: float, settings: PackSettings) -> np.ndarray:
@@ -249,8 +302,9 @@ def analyse_instrument(spec: InstrumentSpec, settings: PackSettings) -> Instrume
         pitches = np.array([n.pitch for n in folder])
         for i, anchor in enumerate(settings.anchors):
             note = folder[int(np.argmin(np.abs(pitches - anchor)))]
-            frames, loud, cents, _ = _analyse(note.audio, note.pitch, settings, True)
-            rows[i] = (frames, loud, dls_offsets(layers, settings.velocity, channels), cents)
+            frames, future, loud, cents, _ = _analyse(note.audio, note.pitch, settings, True)
+            rows[i] = (frames, future, loud, dls_offsets(layers, settings.velocity, channels),
+                       cents)
             peaks[i] = float(np.max(np.abs(note.audio)))
             notes[i] = {"anchor": anchor, "pitch": note.pitch}
     else:
@@ -261,7 +315,7 @@ def analyse_instrument(spec: InstrumentSpec, settings: PackSettings) -> Instrume
                                              spec.bank)
                 except SourceError:  # outside the instrument's range: filled in below
                     continue
-                frames, loud, cents, f0 = _analyse(note.audio, anchor, settings, True)
+                frames, future, loud, cents, f0 = _analyse(note.audio, anchor, settings, True)
                 spectra = {settings.velocity: layer_spectrum(note.audio, f0, settings)}
                 for v in layers:
                     if v == settings.velocity:
@@ -271,32 +325,34 @@ def analyse_instrument(spec: InstrumentSpec, settings: PackSettings) -> Instrume
                         spectra[v] = layer_spectrum(other.audio, f0, settings)
                     except SourceError:  # silent at this velocity
                         spectra[v] = np.full(channels, -120.0, np.float32)
-                rows[i] = (frames, loud, layer_offsets(spectra, settings.velocity), cents)
+                rows[i] = (frames, future, loud, layer_offsets(spectra, settings.velocity),
+                           cents)
                 peaks[i] = float(np.max(np.abs(note.audio)))
                 notes[i] = {"anchor": anchor, "pitch": anchor}
     if not rows:
         raise SourceError(f"{spec.name}: no playable note at any pitch anchor")
     gain_db = -20.0 * np.log10(max(peaks.values()))
     have = np.array(sorted(rows))
-    times = settings.frame_times
-    ls, le = settings.loop_frames
     out = {}
     for i in have:
-        frames, loud, vel, cents = rows[i]
-        frames = frames + np.float32(gain_db)
-        rates = decay_rates(frames, times, times[ls] - FIT_BEFORE_LOOP_S)
-        frames = make_loopable(frames, rates, times, ls, le, settings.crossfade_s)
-        out[i] = (frames, loud + np.float32(gain_db), rates, vel, cents)
+        frames, future, loud, vel, cents = rows[i]
+        frames, rates, hold = note_dynamics(with_gain(frames, gain_db),
+                                            with_gain(future, gain_db), settings,
+                                            notes[i]["pitch"])
+        out[i] = (frames, np.maximum(loud + np.float32(gain_db), DB_FLOOR), rates, vel, hold,
+                  cents)
         notes[i]["peak_db"] = round(20.0 * np.log10(peaks[i]) + gain_db, 2)
     for i, anchor in enumerate(settings.anchors):
         if i not in out:  # borrow the nearest playable anchor's frames
             j = int(have[np.argmin(np.abs(have - i))])
-            out[i] = out[j][:4] + (float("nan"),)
+            out[i] = out[j][:5] + (float("nan"),)
             notes[i] = {"anchor": anchor, "pitch": notes[j]["pitch"], "borrowed": True}
-    frames, loud, rates, vel, cents = zip(*(out[i] for i in range(len(settings.anchors))))
+    frames, loud, rates, vel, hold, cents = zip(*(out[i] for i in
+                                                  range(len(settings.anchors))))
     return InstrumentAnalysis(np.stack(frames).astype(np.float32),
                               np.stack(loud).astype(np.float32), np.stack(rates),
-                              np.stack(vel), np.array(cents, np.float32),
+                              np.stack(vel), np.array(hold, np.float32),
+                              np.array(cents, np.float32),
                               [notes[i] for i in range(len(settings.anchors))],
                               round(float(gain_db), 3))
 
@@ -396,7 +452,8 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
     arrays = {"instruments_harmonics": harm, "instruments_envelope": env,
               "instruments_noise": noise, "instruments_loudness": loudness,
               "instruments_pitch_cents": cents, "instruments_decay": decay,
-              "instruments_velocity": velocity}
+              "instruments_velocity": velocity,
+              "instruments_hold": np.stack([r.hold for r in results])}
     idx = [settings.corners[c] for c in CORNERS]
     extra: dict = {}
     decoded = None

@@ -68,7 +68,7 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
     plt = pyplot()
     grid = grid_from_pack(pack)
     a = int(np.argmin(np.abs(grid.anchors - anchor_pitch)))
-    f = min(int(frame_s * grid.frame_rate), grid.n_frames - 1)
+    f = int(np.argmin(np.abs(grid.frame_times - frame_s)))
     harm = grid.harmonics_db[:, :, a, f, :32]
     size = grid.size
     fig, axes = plt.subplots(size, size, figsize=(10, 10), sharex=True, sharey=True)

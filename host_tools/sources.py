@@ -1,6 +1,6 @@
-"""Source notes for morphbox: single 4-second instrument notes at 48 kHz, full band.
+"""Source notes for morphbox: single 4.5-second instrument notes at 48 kHz, full band.
 
-Every note the host tools work with is a :class:`SourceNote`: ``(192000,)`` float32
+Every note the host tools work with is a :class:`SourceNote`: ``(216000,)`` float32
 mono audio at :data:`SOURCE_SAMPLE_RATE` (48 kHz: the engine's rate, so nothing of the
 instrument above 8 kHz is lost, as it was at NSynth's 16 kHz), DC-free (mean removed, then a
 2nd-order Butterworth high-pass at 20 Hz: a source's DC offset or rumble would become noise
@@ -41,11 +41,11 @@ if TYPE_CHECKING:
     from typing import Self
 
 SOURCE_SAMPLE_RATE = 48000  # Hz, the engine's rate: the whole audible band
-NOTE_SECONDS = 4.0  # total note length
-HOLD_SECONDS = 3.0  # note-on held this long, then note-off (release tail in the last second)
+NOTE_SECONDS = 4.5  # total note length
+HOLD_SECONDS = 4.0  # note-on held this long, then note-off (release tail in the last 0.5 s)
 HIGHPASS_HZ = 20.0  # DC and rumble removed below this (2nd-order Butterworth)
 
-NOTE_SAMPLES = int(SOURCE_SAMPLE_RATE * NOTE_SECONDS)  # 192000
+NOTE_SAMPLES = int(SOURCE_SAMPLE_RATE * NOTE_SECONDS)  # 216000
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif")
 PITCH_SOURCES = ("midi", "filename", "detected", "argument")
 
@@ -122,7 +122,7 @@ assert len(GM_PROGRAM_NAMES) == 128
 class SourceNote:
     """One source note.
 
-    audio: (192000,) float32 mono at 48 kHz, DC-free, at the source's own level.
+    audio: (216000,) float32 mono at 48 kHz (4.5 s), DC-free, at the source's own level.
     pitch: MIDI note number 0..127.  velocity: MIDI velocity 1..127.
     instrument: display name, e.g. "Cello" (GM name) or the WAV folder name.
     gain: linear gain applied to the source (1.0: notes are no longer normalised one by one).
@@ -450,7 +450,7 @@ def load_wav(
     """Load one audio file as a SourceNote.
 
     Any sample rate / channel count / subtype soundfile reads; channels are averaged,
-    resampled to 48 kHz (soxr VHQ), DC removed, trimmed/zero-padded to 4 s from the file
+    resampled to 48 kHz (soxr VHQ), DC removed, trimmed/zero-padded to 4.5 s from the file
     start, at the file's own level.  Pitch: ``pitch`` argument (pitch_source "argument"), else
     :func:`pitch_from_filename` ("filename"), else :func:`detect_pitch` rounded
     ("detected").  ``instrument`` defaults to the parent folder name.

@@ -19,9 +19,11 @@ them. Partial ``k`` is the largest peak within half a harmonic spacing of ``k f0
 stretched partials, a piano's, are still found), refined by parabolic interpolation of the
 log power, less the noise power expected at that peak (Serra, "A system for sound
 analysis/transformation/synthesis based on a deterministic plus stochastic decomposition",
-1989). The noise is the power of the bins away from the main lobes, averaged per band (first away
-from every ``k f0``, then away from the peaks that stand 8 dB over that first estimate); a
-band with no such bins is interpolated from its neighbours.
+1989). The noise is the power of the bins away from the main lobes per band: first their median
+(over ln 2) away from every ``k f0`` and every peak found, which a partial spilling out of
+its place (a pluck's pitch glide) cannot sway; then their mean away from every ``k f0`` and
+every peak standing 8 dB over that first estimate. A band with no such bins is interpolated
+from its neighbours.
 
 Windows never reach before the note's onset or past its end (the first and last frames take
 the spectrum of the first and last whole window): a window across the onset would read its
@@ -225,15 +227,15 @@ def analyze_note(audio: np.ndarray, sample_rate: int, f0_hz: float,
     onehot[np.flatnonzero(valid), band[valid]] = 1.0
     at = noise_bin_weights(k * f0, n_noise_bands) if kmax else None  # (B, kmax)
 
-    def noise_psd(real, where):
+    def mask(real, where, also=None):
         near = np.zeros((n_frames, n_bins), bool)
         for off in range(-_MAIN_LOBE, _MAIN_LOBE + 1):
             near[np.nonzero(real)[0], np.clip(where[real] + off, 0, n_bins - 1)] = True
-        free = (~near) & valid[None, :]
-        count = free.astype(np.float64) @ onehot  # (F, B)
-        psd = np.divide((power * free) @ onehot, count,
-                        out=np.zeros((n_frames, n_noise_bands)), where=count > 0) / sw2
-        empty = count == 0
+            if also is not None:
+                near[np.arange(n_frames)[:, None], np.clip(also + off, 0, n_bins - 1)] = True
+        return (~near) & valid[None, :]
+
+    def fill(psd, empty):
         for f in np.flatnonzero(empty.any(axis=1)):
             have = ~empty[f]
             if have.any():
@@ -241,13 +243,37 @@ def analyze_note(audio: np.ndarray, sample_rate: int, f0_hz: float,
                                              psd[f, have])
         return psd
 
-    # first pass: away from every k f0 (a mask that does not depend on the data, so pure
-    # noise reads true); then away from the peaks found that stand 8 dB over that noise (a
-    # noise maximum rarely does; a stretched partial away from k f0 does)
+    def noise_psd(real, where, also=None):
+        free = mask(real, where, also)
+        count = free.astype(np.float64) @ onehot  # (F, B)
+        psd = np.divide((power * free) @ onehot, count,
+                        out=np.zeros((n_frames, n_noise_bands)), where=count > 0) / sw2
+        return fill(psd, count == 0)
+
+    def noise_median(real, where, also):
+        free = mask(real, where, also)
+        psd = np.zeros((n_frames, n_noise_bands))
+        empty = np.zeros((n_frames, n_noise_bands), bool)
+        for b_ in range(n_noise_bands):
+            cols = np.flatnonzero(valid & (band == b_))
+            if not len(cols):
+                empty[:, b_] = True
+                continue
+            vals = np.where(free[:, cols], power[:, cols], np.nan)
+            ok = free[:, cols].any(axis=1)
+            empty[:, b_] = ~ok
+            if ok.any():
+                psd[ok, b_] = np.nanmedian(vals[ok], axis=1) / np.log(2.0) / sw2
+        return fill(psd, empty)
+
+    # first pass: the median of the bins away from every k f0 and every peak found (over
+    # ln 2: the median of exponentially distributed powers), robust to a partial that
+    # spills (a pluck's pitch glide, a fast decay); then the mean of the bins away from
+    # every k f0 and from the peaks that stand 8 dB over that (a noise maximum rarely does)
     expected = np.broadcast_to(np.round(k * f0 / df).astype(np.int64), (n_frames, kmax))
-    psd = noise_psd(np.ones((n_frames, kmax), bool), expected)
+    psd = noise_median(np.ones((n_frames, kmax), bool), expected, j)
     if kmax:
-        psd = noise_psd(peak > 6.0 * (psd @ at) * sw2, j)
+        psd = noise_psd(peak > 6.0 * (psd @ at) * sw2, j, expected)
 
     # ---- partial amplitudes: peak power less the noise expected at the biggest of `width`
     # noise bins (the harmonic number H_width), in amplitude units (2 |X| / sum(w))

@@ -22,9 +22,11 @@ data", Hear. Res. 1990, ``E(f) = 21.4 log10(1 + 0.00437 f)``): the ear resolves 
 in roughly equal steps on this scale, so equal ERB steps spend the numbers where they are
 heard: 32 noise bands are 1.3 ERB each, from 36 Hz wide at the bottom to 2.6 kHz at the top.
 
-Frames: ``ONSET_RATE`` (250/s) over the first ``ONSET_S`` (0.1 s), where attacks happen, then
-``FRAME_RATE`` (50/s): :func:`frame_times`. Frame ``i`` describes the note at ``times[i]``
-seconds after note-on; values between frames are interpolated linearly in time.
+Frames (:func:`frame_times`): 1000/s over the first 20 ms (a struck or plucked note reaches
+its peak in a few milliseconds, and values between frames are interpolated in dB, so a frame
+must land on the attack), 250/s to 0.1 s (DDSP's frame rate), then ``FRAME_RATE`` (50/s).
+Frame ``i`` describes the note at ``times[i]`` seconds after note-on; values between frames
+are interpolated linearly in time.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ N_ENVELOPE = 24  # harmonic envelope bands (partials above N_HARMONICS)
 N_NOISE_BANDS = 32  # noise bands
 ENVELOPE_LO_HZ = 1000.0
 NOISE_LO_HZ = 20.0
-ONSET_S = 0.1
-ONSET_RATE = 250.0
+ONSET_SEGMENTS = ((0.02, 1000.0), (0.1, 250.0))  # (until s, frames per second)
 FRAME_RATE = 50.0
 DB_FLOOR = -120.0
+
+
+def with_gain(db: np.ndarray, gain_db: float) -> np.ndarray:
+    """``db + gain_db`` (float32), except that silence (``DB_FLOOR`` and below) stays silent."""
+    db = np.asarray(db, np.float32)
+    return np.where(db <= DB_FLOOR, np.float32(DB_FLOOR), db + np.float32(gain_db))
 
 
 def erb_rate(hz):
@@ -81,18 +88,22 @@ def envelope_centres(n_bands: int = N_ENVELOPE) -> np.ndarray:
     return band_centres(n_bands, ENVELOPE_LO_HZ)
 
 
-def frame_times(duration_s: float, onset_s: float = ONSET_S, onset_rate: float = ONSET_RATE,
-                rate: float = FRAME_RATE) -> np.ndarray:
-    """``(F,)`` float64 frame times in seconds, 0 .. ``duration_s`` inclusive: every
-    ``1 / onset_rate`` s before ``onset_s``, then every ``1 / rate`` s. Raises ``ValueError``
-    for non-positive rates or a duration shorter than the onset."""
-    if not (onset_rate > 0 and rate > 0 and duration_s >= onset_s >= 0):
-        raise ValueError(f"bad frame layout: {duration_s=}, {onset_s=}, {onset_rate=}, {rate=}")
-    n_onset = int(round(onset_s * onset_rate))
-    onset = np.arange(n_onset) / onset_rate
-    n_rest = int(np.floor((duration_s - onset_s) * rate + 1e-9)) + 1
-    rest = onset_s + np.arange(n_rest) / rate
-    return np.concatenate([onset, rest])
+def frame_times(duration_s: float, segments=ONSET_SEGMENTS, rate: float = FRAME_RATE
+                ) -> np.ndarray:
+    """``(F,)`` float64 frame times in seconds, 0 .. ``duration_s`` inclusive: each of
+    ``segments`` ``((until_s, rate), ...)`` sampled at its rate from where the previous one
+    ended, then every ``1 / rate`` s. Raises ``ValueError`` for non-positive rates or a
+    duration shorter than the segments."""
+    start, parts = 0.0, []
+    for until, r in segments:
+        if not (r > 0 and until > start):
+            raise ValueError(f"bad frame layout segment {(until, r)}")
+        parts.append(start + np.arange(int(round((until - start) * r))) / r)
+        start = until
+    if not (rate > 0 and duration_s >= start):
+        raise ValueError(f"bad frame layout: {duration_s=} (onset to {start} s), {rate=}")
+    n_rest = int(np.floor((duration_s - start) * rate + 1e-9)) + 1
+    return np.concatenate(parts + [start + np.arange(n_rest) / rate])
 
 
 def check_frame_times(times) -> np.ndarray:

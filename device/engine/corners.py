@@ -60,9 +60,8 @@ def decode_grid(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors, size: 
     Each grid point's z and loudness are the corners' mixed with bilinear weights
     (:func:`morphbox.kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels);
     f0 is the anchor's pitch. The notes go through ``decoder``
-    (:class:`morphbox.device.packs.neural.NeuralDecoder`) one anchor at a time (all grid
-    points in one call). Partial ``k`` = amplitude x harmonic distribution (in dB), envelope =
-    amplitude + the relative envelope, noise = the noise bands.
+    (:meth:`morphbox.device.packs.neural.NeuralDecoder.decode_frames`) one anchor at a time
+    (all grid points in one call).
     """
     z = np.asarray(z, np.float32)
     loudness_db = np.asarray(loudness_db, np.float32)
@@ -76,15 +75,7 @@ def decode_grid(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors, size: 
         zg = (w @ z[:, a].reshape(4, -1)).reshape(-1, frames, z_dims)  # (G*G, F, Z)
         loud = (w @ loudness_db[:, a].reshape(4, -1)).reshape(-1, frames)
         f0 = np.full(loud.shape, float(midi_to_hz(pitch)))
-        db = decoder.decode_db(zg, f0, loud)
-        # partial k in dB = amplitude_db + harmonic_db_k - 20 log10(sum_j 10^(harmonic_db_j/20))
-        # (amplitude x normalised distribution, as morphbox.kernels.synth.controls_from_db)
-        h = db["harmonic_db"]
-        total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
-        amp = db["amplitude_db"]
-        level = amp - np.float32(20.0) * np.log10(total)
-        frames_db = np.concatenate([h + level[..., None], db["envelope_db"] + amp[..., None],
-                                    db["noise_db"]], axis=-1)
+        frames_db = decoder.decode_frames(zg, f0, loud)
         if out is None:
             out = np.empty((size, size, n_anchors, frames, frames_db.shape[-1]), np.float32)
         out[:, :, a] = frames_db.reshape(size, size, frames, -1)
@@ -97,14 +88,16 @@ def grid_codes(manifest: dict, corners: dict[str, np.ndarray],
 
     ``manifest``: the pack's (dimensions, anchors, frame times, loop, ``neural_grid``);
     ``corners``: the corners' ``instruments_*`` members (``harmonics``, ``envelope``,
-    ``noise`` codes, ``decay``, ``velocity``), each ``(4, ...)`` in ``CORNERS`` order;
+    ``noise`` codes, ``decay``, ``velocity``, ``hold``), each ``(4, ...)`` in ``CORNERS``
+    order;
     ``decoded``: the neural grid in dB (:func:`decode_grid`), or None for a spectral grid (the
     corners mixed bilinearly in dB). A neural grid with ``neural_grid.anchor_corners`` gets
     each corner's reconstruction error added back with the bilinear weights (module
     docstring). Every point is then levelled to its corners' power mix, and kept loopable: the
     difference from the (loopable) spectral mix is crossfaded at the loop seam like a
     sustaining note, so corners stay the instruments code for code. Decay rates and velocity
-    layers are the corners' mixed bilinearly. Returns uint8/int8 code arrays.
+    layers (and the hold weights) are the corners' mixed bilinearly. Returns uint8/int8 code
+    arrays (float32 for ``grid_hold``).
     """
     m = manifest
     size = int(m["grid_size"])
@@ -144,6 +137,7 @@ def grid_codes(manifest: dict, corners: dict[str, np.ndarray],
         out["grid_noise"][:, :, a] = _codes(final[..., k + e:])
     out["grid_decay"] = decay_to_codes(decay)
     out["grid_velocity"] = velocity_to_codes(velocity)
+    out["grid_hold"] = spectral_grid(corners["instruments_hold"], size).astype(np.float32)
     return out
 
 
@@ -168,7 +162,7 @@ def _codes(db: np.ndarray) -> np.ndarray:
 
 
 CORNER_MEMBERS = ("instruments_harmonics", "instruments_envelope", "instruments_noise",
-                  "instruments_decay", "instruments_velocity")
+                  "instruments_decay", "instruments_velocity", "instruments_hold")
 
 
 def build_grid(pack: Pack, corners: dict[str, int], *, stored: bool = True) -> Grid:
@@ -206,6 +200,7 @@ def build_grid(pack: Pack, corners: dict[str, int], *, stored: bool = True) -> G
     codes = grid_codes(m, {name: pack.arrays[name][idx] for name in CORNER_MEMBERS}, decoded)
     return grid_from_arrays(m, codes["grid_harmonics"], codes["grid_envelope"],
                             codes["grid_noise"], codes["grid_decay"], codes["grid_velocity"],
+                            codes["grid_hold"],
                             name=f"{pack.name}:{'/'.join(str(i) for i in idx)}")
 
 

@@ -59,7 +59,8 @@ DECODER = "decoder.tflite"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.(npy|tflite)$")
 
 # member -> (dtype, shape expressed in manifest dimensions); "channels" = harmonics +
-# envelope_bands + noise_bands (one note frame, in that order), "layers" = velocity layers
+# envelope_bands + noise_bands (one note frame, in that order), "layers" = velocity layers,
+# "rates" = 2: the decay past the loop end, then the loop's own slope (dB/s codes)
 MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "instruments_harmonics.npy": ("uint8", ("instruments", "anchors", "frames", "harmonics")),
     "instruments_envelope.npy": ("uint8", ("instruments", "anchors", "frames",
@@ -67,13 +68,15 @@ MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "instruments_noise.npy": ("uint8", ("instruments", "anchors", "frames", "noise_bands")),
     "instruments_loudness.npy": ("float32", ("instruments", "anchors", "frames")),
     "instruments_pitch_cents.npy": ("float32", ("instruments", "anchors")),
-    "instruments_decay.npy": ("uint8", ("instruments", "anchors", "channels")),
+    "instruments_decay.npy": ("uint8", ("instruments", "anchors", "rates", "channels")),
     "instruments_velocity.npy": ("int8", ("instruments", "anchors", "layers", "channels")),
+    "instruments_hold.npy": ("float32", ("instruments", "anchors")),
     "grid_harmonics.npy": ("uint8", ("grid", "grid", "anchors", "frames", "harmonics")),
     "grid_envelope.npy": ("uint8", ("grid", "grid", "anchors", "frames", "envelope_bands")),
     "grid_noise.npy": ("uint8", ("grid", "grid", "anchors", "frames", "noise_bands")),
-    "grid_decay.npy": ("uint8", ("grid", "grid", "anchors", "channels")),
+    "grid_decay.npy": ("uint8", ("grid", "grid", "anchors", "rates", "channels")),
     "grid_velocity.npy": ("int8", ("grid", "grid", "anchors", "layers", "channels")),
+    "grid_hold.npy": ("float32", ("grid", "grid", "anchors")),
 }
 # required in a neural pack (format version 2), besides MEMBERS and DECODER
 NEURAL_MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -107,6 +110,7 @@ def _dims(manifest: dict) -> dict[str, int]:
             "channels": int(manifest["harmonics"]) + int(manifest["envelope_bands"])
             + int(manifest["noise_bands"]),
             "layers": len(manifest["velocity_layers"]),
+            "rates": 2,
             "grid": int(manifest["grid_size"]),
             **({"z_dims": manifest["model"]["z_dims"]}
                if isinstance(manifest.get("model"), dict) and "z_dims" in manifest["model"]
@@ -417,10 +421,14 @@ class Grid:
             rest are noise bands).
         anchors: ``(anchors,)`` int MIDI pitches the grid was made at.
         frame_times: ``(frames,)`` float64 s after note-on of each frame.
-        loop_start, loop_end: the sustain loop, frame indices: past ``loop_end`` a held note
-            goes on from ``loop_start``, each pass ``decay_db * (loop length)`` lower.
-        decay_db: ``(G, G, anchors, channels)`` float32 dB per second (<= 0) each channel
-            keeps falling by past the analysed frames (0 for a sustaining note).
+        loop_start, loop_end: the sustain loop, frame indices (:mod:`morphbox.kernels.sustain`):
+            past ``loop_end`` a held sustaining note goes on from ``loop_start``; a decaying
+            one holds its last frame and keeps decaying.
+        decay_db: ``(G, G, anchors, 2, channels)`` float32 dB per second (<= 0): ``[..., 0,
+            :]`` the rate each channel keeps falling by past the loop end, ``[..., 1, :]``
+            the loop's own slope (both 0 for a sustaining note).
+        hold: ``(G, G, anchors)`` float32 0..1: 1 where a decaying note holds its last
+            frame past the loop end, 0 where the note loops (a morph mixes the two).
         velocity_db: ``(G, G, anchors, layers, channels)`` float32 dB added at each velocity
             layer (0 at the pack's reference velocity); velocities between layers
             interpolate, outside them the DLS curve ``40 log10(v / v_layer)`` extends it.
@@ -438,6 +446,7 @@ class Grid:
     source_rate: float
     n_envelope: int = 0
     decay_db: np.ndarray | None = None
+    hold: np.ndarray | None = None
     velocity_db: np.ndarray | None = None
     velocity_layers: np.ndarray = field(default_factory=lambda: np.array([100]))
     name: str = ""
@@ -445,7 +454,9 @@ class Grid:
     def __post_init__(self):
         g = self.frames_db.shape
         if self.decay_db is None:
-            object.__setattr__(self, "decay_db", np.zeros(g[:3] + g[4:], np.float32))
+            object.__setattr__(self, "decay_db", np.zeros(g[:3] + (2,) + g[4:], np.float32))
+        if self.hold is None:
+            object.__setattr__(self, "hold", np.zeros(g[:3], np.float32))
         if self.velocity_db is None:
             object.__setattr__(self, "velocity_db", np.zeros(g[:3] + (1,) + g[4:],
                                                              np.float32))
@@ -517,7 +528,7 @@ def velocity_to_codes(db: np.ndarray) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def grid_from_arrays(manifest: dict, harmonics, envelope, noise, decay, velocity,
+def grid_from_arrays(manifest: dict, harmonics, envelope, noise, decay, velocity, hold,
                      name: str = "") -> Grid:
     """A :class:`Grid` from a pack's grid-shaped codes (``grid_*`` members, or any grid built
     like them) and its manifest."""
@@ -528,6 +539,7 @@ def grid_from_arrays(manifest: dict, harmonics, envelope, noise, decay, velocity
                            loop_end=int(manifest["loop"]["end"]),
                            source_rate=float(manifest["source_sample_rate"]),
                            decay_db=decay_from_codes(decay),
+                           hold=np.asarray(hold, np.float32),
                            velocity_db=velocity_from_codes(velocity),
                            velocity_layers=manifest["velocity_layers"], name=name)
 
@@ -536,7 +548,8 @@ def grid_from_pack(pack: Pack) -> Grid:
     """The active grid of a verified pack, dequantised to dB float32."""
     a = pack.arrays
     return grid_from_arrays(pack.manifest, a["grid_harmonics"], a["grid_envelope"],
-                            a["grid_noise"], a["grid_decay"], a["grid_velocity"], pack.name)
+                            a["grid_noise"], a["grid_decay"], a["grid_velocity"],
+                            a["grid_hold"], pack.name)
 
 
 DEFAULT_PACK = Path(__file__).resolve().parent / "default"

@@ -7,22 +7,19 @@ imports TensorFlow. Not for the audio callback: a grid rebuild calls it from a b
 thread (DDSP-VST likewise keeps its network off the audio thread).
 
 The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``envelope_db`` relative to
-the amplitude, ``noise_db``; layout of :mod:`morphbox.kernels.features`) and become
-the controls of :mod:`morphbox.kernels.synth` through
-:func:`morphbox.kernels.synth.controls_from_db`
-(DDSP, Engel et al. 2020: amplitude x harmonic distribution, plus noise band gains).
+the amplitude, ``noise_db``) and become a note's frames in the layout of
+:mod:`morphbox.kernels.features` through :meth:`NeuralDecoder.decode_frames` (DDSP, Engel et
+al. 2020: amplitude x harmonic distribution, plus the envelope and noise band gains).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from morphbox.kernels.pitch import hz_to_midi
-from morphbox.kernels.synth import controls_from_db
 
 SIGNATURE = "decode"
 # input -> (rank, fixed trailing dims); output -> (rank, fixed trailing dims); None = the
@@ -49,22 +46,6 @@ def _interpreter_class():
             raise RuntimeMissing("no TFLite runtime: install ai-edge-litert (or "
                                  "tflite-runtime)") from exc
     return Interpreter
-
-
-@dataclass(frozen=True)
-class Controls:
-    """Decoded synthesis controls, float32: ``amplitude`` ``(B, T)`` linear,
-    ``harmonic_distribution`` ``(B, T, K)`` (rows sum to 1), ``noise_magnitudes``
-    ``(B, T, N)`` linear band gains (convention of :mod:`morphbox.kernels.analysis`)."""
-
-    amplitude: np.ndarray
-    harmonic_distribution: np.ndarray
-    noise_magnitudes: np.ndarray
-
-    @property
-    def harmonic_amplitudes(self) -> np.ndarray:
-        """``(B, T, K)`` linear partial amplitudes (what a pack stores, before dB codes)."""
-        return self.amplitude[..., None] * self.harmonic_distribution
 
 
 class NeuralDecoder:
@@ -153,9 +134,24 @@ class NeuralDecoder:
         out = {k: np.array(out[k], np.float32) for k in OUTPUTS}
         return {k: v[0] for k, v in out.items()} if single else out
 
-    def decode(self, z: np.ndarray, f0_hz: np.ndarray, loudness_db: np.ndarray) -> Controls:
-        """Synthesis controls for ``z``, ``f0_hz``, ``loudness_db`` (shapes as
-        :meth:`decode_db`)."""
-        out = self.decode_db(z, f0_hz, loudness_db)
-        return Controls(*controls_from_db(out["amplitude_db"], out["harmonic_db"],
-                                          out["noise_db"]))
+    def decode_frames(self, z: np.ndarray, f0_hz: np.ndarray, loudness_db: np.ndarray
+                      ) -> np.ndarray:
+        """Decoded frames ``(B, T, K + E + N)`` float32 dB (or ``(T, K + E + N)``) in the
+        layout of :mod:`morphbox.kernels.features`: partial ``k`` = amplitude + harmonic_k -
+        20 log10(sum_j 10^(harmonic_j / 20)) (amplitude x normalised distribution), envelope
+        = amplitude + envelope, noise = the noise bands (the numpy twin of
+        :func:`morphbox.host_tools.model.network.frames_from_outputs`). Shapes and errors as
+        :meth:`decode_db`."""
+        return frames_from_db(self.decode_db(z, f0_hz, loudness_db))
+
+
+def frames_from_db(out: dict) -> np.ndarray:
+    """Decoder outputs in dB (``amplitude_db``, ``harmonic_db``, ``envelope_db``,
+    ``noise_db``) -> frames ``(..., K + E + N)`` float32 dB (:meth:`NeuralDecoder.
+    decode_frames`)."""
+    h = np.asarray(out["harmonic_db"], np.float32)
+    total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
+    amp = np.asarray(out["amplitude_db"], np.float32)
+    level = amp - np.float32(20.0) * np.log10(total)
+    return np.concatenate([h + level[..., None], out["envelope_db"] + amp[..., None],
+                           out["noise_db"]], axis=-1).astype(np.float32)

@@ -21,13 +21,15 @@ def grid() -> Grid:
     return load_default_grid()
 
 
-def bright_grid(n_frames: int = 20) -> Grid:
-    """All 64 partials at 1/k (a sawtooth), every point, anchor and frame alike."""
+def bright_grid(n_frames: int = 20, envelope_db: float = -120.0) -> Grid:
+    """All 64 partials at 1/k (a sawtooth), every point, anchor and frame alike; the partials
+    above the 64th at ``envelope_db`` (silent by default); one velocity layer (100)."""
     k = np.arange(1, 65)
     h = np.broadcast_to(amplitude_to_db(0.5 / k), (2, 2, 3, n_frames, 64)).copy()
+    e = np.full((2, 2, 3, n_frames, 24), envelope_db, np.float32)
     n = np.full((2, 2, 3, n_frames, 32), -120.0, np.float32)
-    return Grid.from_parts(h, n, anchors=[36, 72, 108], frame_rate=50.0, loop_start=5,
-                           loop_end=n_frames - 2, source_rate=16000.0, name="bright")
+    return Grid.from_parts(h, n, e, anchors=[36, 72, 108], frame_rate=50.0, loop_start=5,
+                           loop_end=n_frames - 2, source_rate=48000.0, name="bright")
 
 
 def make_engine(grid, x=0.0, y=0.0, **cfg) -> Engine:
@@ -102,7 +104,8 @@ def test_corner_sounds_like_its_instrument(grid):
     pack = load_pack("device/packs/default")
     note, t = 60, 1.1
     a = int(np.argmin(np.abs(grid.anchors - note)))
-    frames = slice(int((t - 0.2) * grid.frame_rate) + 2, int(t * grid.frame_rate) - 2)
+    frames = slice(int(np.searchsorted(grid.frame_times, t - 0.2)) + 2,
+                   int(np.searchsorted(grid.frame_times, t)) - 2)
     spectra, refs = {}, {}
     for name in ("NW", "NE", "SW", "SE"):
         ref = dequantize_db(pack.arrays["instruments_harmonics"][pack.corners[name], a, frames,
@@ -180,14 +183,41 @@ def test_33_full_velocity_notes_stay_below_full_scale(grid):
     assert playing == 32
 
 
-def test_velocity_sets_amplitude(grid):
+def test_velocity_outside_the_layers_follows_the_dls_curve():
+    """A grid with one velocity layer (100): any other velocity scales the level by the DLS
+    curve (v / 100)^2, timbre unchanged."""
     levels = []
     for vel in (127, 64):
-        e = make_engine(grid, 0.2, 0.2)
+        e = make_engine(bright_grid(), 0.2, 0.2)
         e.note_on(60, vel)
         levels.append(np.sqrt(np.mean(mono(e, 0.6)[SR // 4:] ** 2)))
     ratio_db = 20 * np.log10(levels[1] / levels[0])
-    assert abs(ratio_db - 40 * np.log10(64 / 127)) < 1.0
+    assert abs(ratio_db - 40 * np.log10(64 / 127)) < 0.5
+
+
+def test_velocity_layers_set_level_and_timbre(grid):
+    """Between the pack's layers the level follows the analysed source: a soft note is
+    quieter by what the layers say for that note (the power of its frame with each layer's
+    offsets), not by a fixed curve."""
+    from morphbox.kernels.features import channel_weights, frame_power
+    from morphbox.kernels.pitch import midi_to_hz
+    a = int(np.argmin(np.abs(grid.anchors - 60)))
+    layers = list(grid.velocity_layers)
+    f = int(np.searchsorted(grid.frame_times, 0.6))
+    w = channel_weights(midi_to_hz(np.array([60.0])))
+    for x, y in ((0.0, 1.0), (1.0, 0.0)):  # piano (SW), flute (NE)
+        iy, ix = int(y * (grid.size - 1)), int(x * (grid.size - 1))
+        frame = grid.frames_db[iy, ix, a, f]
+        power = {v: frame_power((frame + grid.velocity_db[iy, ix, a, layers.index(v)])
+                                [None, None], w)[0, 0] for v in (60, 100)}
+        want = 10 * np.log10(power[60] / power[100])
+        levels = {}
+        for vel in (100, 60):
+            e = make_engine(grid, x, y)
+            e.note_on(60, vel)
+            levels[vel] = np.sqrt(np.mean(mono(e, 0.7)[int(0.5 * SR):] ** 2))
+        got = 20 * np.log10(levels[60] / levels[100])
+        assert got < -2.0 and abs(got - want) < 1.0, (x, y, got, want)
 
 
 def test_master_volume_scales_output(grid):
@@ -222,7 +252,7 @@ def test_grid_swap_while_playing(grid):
     e = make_engine(grid)
     e.note_on(60, 110)
     a = mono(e, 0.3)
-    e.set_grid(bright_grid())
+    e.set_grid(bright_grid(envelope_db=-60.0))
     b = mono(e, 0.3)
     assert np.isfinite(b).all() and np.abs(b).max() > 0.01
     assert np.abs(np.diff(np.concatenate([a[-64:], b[:256]]))).max() < 0.2
