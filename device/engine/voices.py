@@ -56,7 +56,7 @@ import numpy as np
 from morphbox.device.engine.controls import Controls
 from morphbox.device.packs.format import Grid
 from morphbox.kernels import envelope as env
-from morphbox.kernels.features import envelope_interp
+from morphbox.kernels.features import DB_FLOOR, envelope_interp
 from morphbox.kernels.limiter import SoftLimiter
 from morphbox.kernels.noise import NoiseSynth
 from morphbox.kernels.oscillator import (
@@ -197,6 +197,7 @@ class Engine:
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self._taps: tuple = ()
         self.blocks = 0
+        self.nonfinite_blocks = 0  # blocks that came out NaN/inf and were played as silence
 
     # ---- input entry points (producer threads) -------------------------------------------
     def note_on(self, note: int, velocity: int, channel: int = 0, bend: float = 0.0,
@@ -424,11 +425,11 @@ class Engine:
         if grid is not self._grid_seen:
             self._adopt_grid(grid)
         snap = self.controls.snapshot
+        if snap.morph_mode != self._mode:  # before the touch moves: voices were on _x, _y
+            self._change_mode(snap.morph_mode)
         a = self._smooth
         self._x += (snap.x - self._x) * a
         self._y += (snap.y - self._y) * a
-        if snap.morph_mode != self._mode:
-            self._change_mode(snap.morph_mode)
         if self._bend != snap.bend:
             self._bend += (snap.bend - self._bend) * a
             if abs(snap.bend - self._bend) < 1e-4:
@@ -441,6 +442,11 @@ class Engine:
         else:
             mono = self._noise.silence()
         mono *= (vol0 + (vol1 - vol0) * self._ramp)
+        if not np.isfinite(mono).all():  # never to the DAC or the limiter: count, drop, silence
+            self.nonfinite_blocks += 1
+            mono[:] = 0.0
+            self._stage[:] = env.IDLE
+            self._noise.reset()  # its overlap-add tail carries the bad values on
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
         self.blocks += 1
@@ -482,7 +488,9 @@ class Engine:
             np.minimum(np.maximum(target, 0.0, out=target), 1.0, out=target)
         else:
             target = np.array([[snap.x], [snap.y]])
-        pos += (target - pos) * self._smooth
+        d = target - pos
+        pos += d * self._smooth
+        np.copyto(pos, target, where=np.abs(d) < 1e-12)  # arrived: no tail into denormals
         xy = pos[:, live]
         if mode == "follow" and np.abs(xy - [[self._x], [self._y]]).max() < 1e-9:
             self._spread = False  # all arrived: back on the shared touch from the next block
@@ -564,8 +572,11 @@ class Engine:
         if expr.pressure_brightness > 0.0:  # tilt: -d (1 - p) log2(k) dB
             dark = expr.pressure_brightness * (1.0 - self._expr[1, live])
             amps_db = amps_db - dark[:, None].astype(np.float32) * self._log2k[:amps_db.shape[1]]
+        floor = np.float32(DB_FLOOR)
+        audible = amps_db > floor  # the floor (code 0) and below is silence, as in kernels.synth
         amps_db = amps_db * np.float32(np.log(10.0) / 20.0)  # dB -> nepers
         amps = np.exp(amps_db)
+        amps *= audible
         amps *= self._pgv[live, :amps.shape[1]]
         sizes = self._size[live]
         tables = self._bank.build(amps, sizes, self._scratch[:len(live)])
@@ -593,7 +604,9 @@ class Engine:
                 * self._ramp
         wave *= amp
         mono = wave.sum(axis=0)
-        band = np.exp(frames_db[:, k + e:] * np.float32(np.log(10.0) / 20.0)) * end[:, None]
+        noise_db = frames_db[:, k + e:]
+        band = np.exp(noise_db * np.float32(np.log(10.0) / 20.0)) * end[:, None]
+        band *= noise_db > floor
         mono += self._noise.render(np.einsum("vb,vb->b", band, band))
         # advance oscillator and note time
         self._tables[live] = tables
