@@ -239,7 +239,7 @@ def run_restarts(box: Box, good: str, packs: dict[str, Path]) -> None:
     deep = "[" * 5000 + "]" * 5000
 
     def nan_rate(t):
-        return t.replace('"frame_rate": 50', '"frame_rate": NaN')
+        return t.replace('"source_sample_rate": 48000', '"source_sample_rate": NaN')
 
     def far_anchors(t):
         m = json.loads(t)
@@ -250,7 +250,7 @@ def run_restarts(box: Box, good: str, packs: dict[str, Path]) -> None:
         return t.replace('"provenance": {', f'"deep": {deep}, "provenance": {{')
 
     planted = [
-        ("planted active pack: frame_rate NaN", packs["small"], nan_rate),
+        ("planted active pack: source_sample_rate NaN", packs["small"], nan_rate),
         ("planted active pack: anchors 1e18 apart", packs["small"], far_anchors),
         ("planted active pack: manifest 5000 deep", packs["small"], nested),
         ("planted active pack: silent (sound check)", packs["silent"], lambda t: t),

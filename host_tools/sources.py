@@ -1,15 +1,21 @@
-"""Source notes for morphbox: single 4-second instrument notes at 16 kHz.
+"""Source notes for morphbox: single 4.5-second instrument notes at 48 kHz, full band.
 
-Every note the host tools work with is a :class:`SourceNote`: ``(64000,)`` float32
-mono audio at :data:`SOURCE_SAMPLE_RATE` (16 kHz, like NSynth), peak-normalised to
-1.0, plus its MIDI pitch/velocity and provenance.  Notes come from two places:
+Every note the host tools work with is a :class:`SourceNote`: ``(216000,)`` float32
+mono audio at :data:`SOURCE_SAMPLE_RATE` (48 kHz: the engine's rate, so nothing of the
+instrument above 8 kHz is lost, as it was at NSynth's 16 kHz), DC-free (mean removed, then a
+2nd-order Butterworth high-pass at 20 Hz: a source's DC offset or rumble would become noise
+below the fundamental), at its own level (not normalised: a pack normalises each instrument
+as a whole, so an instrument keeps its loudness across pitch and velocity), plus its MIDI
+pitch/velocity and provenance.  Notes come from two places:
 
 * :class:`SoundFontRenderer` renders General MIDI programs offline with FluidSynth
   (note-on held :data:`HOLD_SECONDS`, then note-off, release tail until
   :data:`NOTE_SECONDS`).  Reverb and chorus are disabled so notes are dry; every
   note is rendered on a fresh synth, so renders are deterministic and bleed-free.
 * :func:`load_wav` / :func:`load_wav_folder` read user recordings (anything
-  ``soundfile`` reads), taking the pitch from the file name or detecting it.
+  ``soundfile`` reads), taking the pitch from the file name or detecting it. Recordings
+  are kept at their rate when it is >= 44.1 kHz and resampled to 48 kHz with soxr (VHQ);
+  a lower rate is resampled too, and simply has nothing above its Nyquist.
 
 Pitch helpers (:func:`pitch_from_filename`, :func:`detect_pitch`,
 :func:`pitch_error_cents`) are shared with the checks that validate rendered notes.
@@ -34,11 +40,12 @@ import soxr
 if TYPE_CHECKING:
     from typing import Self
 
-SOURCE_SAMPLE_RATE = 16000  # Hz, NSynth-style
-NOTE_SECONDS = 4.0  # total note length
-HOLD_SECONDS = 3.0  # note-on held this long, then note-off (release tail in the last second)
+SOURCE_SAMPLE_RATE = 48000  # Hz, the engine's rate: the whole audible band
+NOTE_SECONDS = 4.5  # total note length
+HOLD_SECONDS = 4.0  # note-on held this long, then note-off (release tail in the last 0.5 s)
+HIGHPASS_HZ = 20.0  # DC and rumble removed below this (2nd-order Butterworth)
 
-NOTE_SAMPLES = int(SOURCE_SAMPLE_RATE * NOTE_SECONDS)  # 64000
+NOTE_SAMPLES = int(SOURCE_SAMPLE_RATE * NOTE_SECONDS)  # 216000
 AUDIO_SUFFIXES = (".wav", ".flac", ".aiff", ".aif")
 PITCH_SOURCES = ("midi", "filename", "detected", "argument")
 
@@ -50,6 +57,7 @@ _RENDER_SILENCE_PEAK = 1e-6  # rendered peak below this is silence (FluidSynth's
 _FILE_SILENCE_PEAK = 1e-4  # -80 dBFS: a file this quiet is silence or dither noise
 _FADE_SECONDS = 0.01  # raised-cosine fade applied to the last 10 ms of every note
 _DETECT_FMIN, _DETECT_FMAX = 30.0, 4200.0  # Hz, detect_pitch search range
+_DETECT_RATE = 16000  # Hz, detect_pitch analyses at this rate (pitch lives well below 8 kHz)
 
 
 class SourceError(Exception):
@@ -114,10 +122,10 @@ assert len(GM_PROGRAM_NAMES) == 128
 class SourceNote:
     """One source note.
 
-    audio: (64000,) float32 mono at 16 kHz, peak-normalised (max |audio| == 1.0).
+    audio: (216000,) float32 mono at 48 kHz (4.5 s), DC-free, at the source's own level.
     pitch: MIDI note number 0..127.  velocity: MIDI velocity 1..127.
     instrument: display name, e.g. "Cello" (GM name) or the WAV folder name.
-    gain: linear gain applied to normalise (1 / original peak), for provenance.
+    gain: linear gain applied to the source (1.0: notes are no longer normalised one by one).
     pitch_source: "midi" (rendered), "filename", "detected" or "argument" (given to load_wav).
     Construction validates these and raises SourceError.
     """
@@ -154,15 +162,29 @@ def _check_midi(what: str, value, low: int, high: int = 127) -> int:
     return int(value)
 
 
+def remove_dc(audio: np.ndarray, sample_rate: int, cutoff_hz: float = HIGHPASS_HZ
+              ) -> np.ndarray:
+    """``audio`` less its mean, then high-passed at ``cutoff_hz`` (2nd-order Butterworth,
+    causal: no pre-echo before the onset). float64, same length."""
+    import scipy.signal
+    x = np.asarray(audio, dtype=np.float64)
+    if not len(x):
+        return x
+    x = x - x.mean()
+    sos = scipy.signal.butter(2, cutoff_hz, "highpass", fs=sample_rate, output="sos")
+    return scipy.signal.sosfilt(sos, x)
+
+
 def _finish(mono: np.ndarray, rate: int, what: str, silence: float) -> tuple[np.ndarray, float]:
-    """Resample mono audio to 16 kHz, trim/pad to 64000 samples, fade the last 10 ms
-    and peak-normalise.  Returns (float32 audio, gain).  Raises SourceError if the peak
-    is below ``silence``."""
+    """Resample mono audio to 48 kHz (soxr VHQ), remove DC (:func:`remove_dc`), trim/pad to
+    NOTE_SECONDS and fade the last 10 ms. Returns (float32 audio, gain 1.0). Raises
+    SourceError for NaN/inf samples or a peak below ``silence``."""
     mono = np.asarray(mono, dtype=np.float64)
     if not np.all(np.isfinite(mono)):
         raise SourceError(f"{what}: audio contains NaN or infinite samples")
     if rate != SOURCE_SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SOURCE_SAMPLE_RATE, quality="VHQ")
+    mono = remove_dc(mono[:NOTE_SAMPLES], SOURCE_SAMPLE_RATE)
     out = np.zeros(NOTE_SAMPLES)
     n = min(len(mono), NOTE_SAMPLES)
     out[:n] = mono[:n]
@@ -171,7 +193,7 @@ def _finish(mono: np.ndarray, rate: int, what: str, silence: float) -> tuple[np.
     peak = float(np.max(np.abs(out)))
     if peak < silence:
         raise SourceError(f"{what}: audio is silent (peak {peak:.3g})")
-    return (out / peak).astype(np.float32), 1.0 / peak  # x/peak is exactly +-1 at the peak
+    return out.astype(np.float32), 1.0
 
 
 # ----------------------------------------------------------------------------- SoundFont
@@ -321,17 +343,36 @@ class SoundFontRenderer:
         raise SourceError(f"FluidSynth did not fall silent within {self._MAX_DRAIN_SECONDS} s")
 
     def _play(
-        self, synth, sfid: int, program: int, pitch: int, velocity: int, bank: int, what: str
+        self, synth, sfid: int, program: int, pitch: int, velocity: int, bank: int, what: str,
+        hold_s: float = HOLD_SECONDS, total_s: float = NOTE_SECONDS,
     ) -> np.ndarray:
-        """Note-on, HOLD_SECONDS, note-off, rest of NOTE_SECONDS on ``synth``: (frames, 2)."""
+        """Note-on, ``hold_s``, note-off, rest of ``total_s`` on ``synth``: (frames, 2)."""
         if synth.program_select(0, sfid, bank, program) != 0:
             raise SourceError(f"{what}: preset not in SoundFont")
-        hold = round(HOLD_SECONDS * self.render_rate)
-        total = round(NOTE_SECONDS * self.render_rate)
+        hold = round(hold_s * self.render_rate)
+        total = round(total_s * self.render_rate)
         synth.noteon(0, pitch, velocity)
         held = self._render(synth, hold)
         synth.noteoff(0, pitch)
         return np.concatenate([held, self._render(synth, total - hold)])
+
+    def render_audio(self, program: int, pitch: int, velocity: int = 100,
+                     hold_s: float = HOLD_SECONDS, total_s: float = NOTE_SECONDS,
+                     bank: int = 0) -> np.ndarray:
+        """The raw render of one note: mono float64 at ``render_rate``, ``total_s`` long, note
+        held ``hold_s``, not resampled, filtered or normalised (what a player would hear from
+        FluidSynth: the benchmarks' reference). Raises SourceError like :meth:`render_note`."""
+        program = _check_midi("program", program, 0)
+        pitch = _check_midi("pitch", pitch, 0)
+        velocity = _check_midi("velocity", velocity, 1)
+        if not 0 < hold_s <= total_s:
+            raise SourceError(f"need 0 < hold_s <= total_s, got {hold_s}, {total_s}")
+        what = f"program {program} bank {bank} pitch {pitch} ({self.soundfont.name})"
+        with self._fresh_synth() as (synth, sfid):
+            self._silence(synth)
+            stereo = self._play(synth, sfid, program, pitch, velocity, bank, what, hold_s,
+                                total_s)
+        return stereo.mean(axis=1).astype(np.float64)
 
     def render_note(
         self, program: int, pitch: int, velocity: int = 100, bank: int = 0
@@ -339,8 +380,8 @@ class SoundFontRenderer:
         """Render one note of ``program`` (GM 0..127) in ``bank`` (0 = GM melodic, 128 = drums).
 
         Note-on for HOLD_SECONDS, note-off, release until NOTE_SECONDS (longer tails are
-        cut, with a 10 ms fade); stereo mixed to mono, resampled to 16 kHz (soxr VHQ),
-        64000 samples, peak-normalised.  Deterministic and independent of earlier notes.
+        cut, with a 10 ms fade); stereo mixed to mono at 48 kHz, DC removed, at its own
+        level.  Deterministic and independent of earlier notes.
         Raises SourceError for out-of-range arguments, a preset missing from the
         SoundFont, a note that renders silence, or a closed renderer.
         """
@@ -409,8 +450,8 @@ def load_wav(
     """Load one audio file as a SourceNote.
 
     Any sample rate / channel count / subtype soundfile reads; channels are averaged,
-    resampled to 16 kHz (soxr VHQ), trimmed/zero-padded to 4 s from the file start,
-    peak-normalised.  Pitch: ``pitch`` argument (pitch_source "argument"), else
+    resampled to 48 kHz (soxr VHQ), DC removed, trimmed/zero-padded to 4.5 s from the file
+    start, at the file's own level.  Pitch: ``pitch`` argument (pitch_source "argument"), else
     :func:`pitch_from_filename` ("filename"), else :func:`detect_pitch` rounded
     ("detected").  ``instrument`` defaults to the parent folder name.
     Raises SourceError (naming the file) if unreadable, silent or unpitched.
@@ -535,16 +576,16 @@ def detect_pitch(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
     import librosa
 
     y = _analysis_input(audio, sample_rate)
-    if sample_rate != SOURCE_SAMPLE_RATE:
-        y = soxr.resample(y, sample_rate, SOURCE_SAMPLE_RATE, quality="HQ")
+    if sample_rate != _DETECT_RATE:
+        y = soxr.resample(y, sample_rate, _DETECT_RATE, quality="HQ")
     y = y[:NOTE_SAMPLES]
     hop = 1024
     f0, voiced, _ = librosa.pyin(
         y,
         fmin=_DETECT_FMIN,
         fmax=_DETECT_FMAX,
-        sr=SOURCE_SAMPLE_RATE,
-        frame_length=_frame_length(SOURCE_SAMPLE_RATE, _DETECT_FMIN),
+        sr=_DETECT_RATE,
+        frame_length=_frame_length(_DETECT_RATE, _DETECT_FMIN),
         hop_length=hop,
         resolution=0.25,
     )
@@ -552,8 +593,8 @@ def detect_pitch(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
     if not np.any(good):
         raise SourceError("no pitched (voiced) frames found")
     coarse = float(np.median(librosa.hz_to_midi(f0[good])))
-    start = int(np.argmax(good)) * hop + SOURCE_SAMPLE_RATE // 10
-    cents = _narrow_cents(y[start : start + SOURCE_SAMPLE_RATE], SOURCE_SAMPLE_RATE, coarse)
+    start = int(np.argmax(good)) * hop + _DETECT_RATE // 10
+    cents = _narrow_cents(y[start : start + _DETECT_RATE], _DETECT_RATE, coarse)
     pitch = coarse + float(np.median(cents)) / 100.0 if cents.size else coarse
     return pitch, float(np.mean(voiced))
 

@@ -41,6 +41,31 @@ def spectral_grid(corner_values: np.ndarray, size: int) -> np.ndarray:
     return (w.reshape(-1, 4) @ flat).reshape((size, size) + corner_values.shape[1:])
 
 
+def bilinear_weights(size: int) -> np.ndarray:
+    """``(size * size, 4)`` float32 corner weights of every grid point, row-major ``[iy, ix]``."""
+    axis = np.linspace(0.0, 1.0, size)
+    return corner_weights(axis[None, :], axis[:, None]).astype(np.float32).reshape(-1, 4)
+
+
+def power_gain(grid_db: np.ndarray, corner_db: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Gain (dB) that levels each grid point's frames to the corners' power mix.
+
+    ``grid_db`` ``(G, G, A, F, C)`` dB, ``corner_db`` ``(4, A, F, C)`` dB in ``CORNERS`` order,
+    ``weights`` ``(A, C)`` channel powers (:func:`morphbox.kernels.features.channel_weights`).
+    Returns ``(G, G, A, F)`` float32: ``10 log10(sum_c w_c P_c / P)``, ``w_c`` the point's
+    bilinear corner weights and ``P`` the power of a frame. Added to every channel, a morph
+    keeps the loudness of what it mixes (a mix in dB alone loses up to ~7 dB between corners
+    whose partials differ); at a corner it is 0.
+    """
+    from morphbox.kernels.features import frame_power
+    g = grid_db.shape[0]
+    w = bilinear_weights(g)
+    target = (w @ frame_power(corner_db, weights).reshape(4, -1)).reshape(grid_db.shape[:4])
+    have = frame_power(grid_db, weights)
+    gain = np.float32(10.0) * np.log10(np.maximum(target, 1e-30) / np.maximum(have, 1e-30))
+    return np.where((have > 1e-24) & (target > 1e-24), gain, 0.0).astype(np.float32)
+
+
 def grid_cell(x: float, y: float, size: int) -> tuple[int, int, np.ndarray]:
     """Cell and weights for a bilinear look-up at ``(x, y)`` in a ``size``-point grid.
 

@@ -8,8 +8,11 @@ and picks up the new one at its next block (:meth:`morphbox.device.engine.voices
 only swaps a
 reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`morphbox.kernels.grid.
 spectral_grid`); a neural pack mixes the corners' embeddings z bilinearly and decodes every
-grid point at every pitch anchor with the pack's TFLite decoder in one batched call
-(:func:`neural_grid_codes`, shared with the host pack build so both make the same grid).
+grid point at every pitch anchor with the pack's TFLite decoder (:func:`decode_grid`). Either
+way :func:`grid_codes` (shared with the host pack build, so both make the same grid) then
+levels every point to its corners' power mix (:func:`morphbox.kernels.grid.power_gain`: a
+morph keeps the loudness of what it mixes), mixes the decay rates and velocity layers
+bilinearly, and keeps the loop seamless (:mod:`morphbox.kernels.sustain`).
 
 Corner anchoring (a neural pack's ``neural_grid.anchor_corners``, on by default): the decoder
 reconstructs each instrument only approximately (3.1 dB mean partial distance for the default
@@ -30,31 +33,36 @@ import time
 
 import numpy as np
 
-from morphbox.device.packs.format import Grid, Pack, PackError, grid_from_pack
+from morphbox.device.packs.format import (
+    Grid,
+    Pack,
+    PackError,
+    decay_from_codes,
+    decay_to_codes,
+    grid_from_arrays,
+    grid_from_pack,
+    velocity_from_codes,
+    velocity_to_codes,
+)
 from morphbox.device.packs.neural import ModelError
-from morphbox.kernels.grid import CORNERS, corner_weights, spectral_grid
+from morphbox.kernels.features import channel_weights
+from morphbox.kernels.grid import CORNERS, bilinear_weights, power_gain, spectral_grid
 from morphbox.kernels.pitch import midi_to_hz
 from morphbox.kernels.quant import DB_MIN, DB_STEP, dequantize_db
+from morphbox.kernels.sustain import make_loopable
 
 
-def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
-                      size: int, corner_codes: tuple[np.ndarray, np.ndarray] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a ``size x size`` morph grid from four corners' embeddings.
+def decode_grid(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors, size: int
+                ) -> np.ndarray:
+    """Decode a ``size x size`` morph grid from four corners' embeddings: ``(G, G, A, F, C)``
+    float32 dB frames (partials, envelope, noise; :mod:`morphbox.kernels.features`).
 
     ``z``: ``(4, A, F, Z)`` float32 in ``CORNERS`` order; ``loudness_db``: ``(4, A, F)``.
     Each grid point's z and loudness are the corners' mixed with bilinear weights
     (:func:`morphbox.kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels);
-    f0 is the anchor's pitch. All ``size * size * A`` notes go through ``decoder``
-    (:class:`morphbox.device.packs.neural.NeuralDecoder`) in one batched call. Returns the pack's
-    dB codes
-    ``(grid_harmonics (G, G, A, F, K), grid_noise (G, G, A, F, B))`` uint8: partial amplitude
-    = amplitude x harmonic distribution, noise = band gains.
-
-    ``corner_codes``: the corners' analysed ``(harmonics (4, A, F, K), noise (4, A, F, B))`` in
-    the pack's uint8 dB codes (``instruments_*`` rows); if given, the corners are anchored to
-    them (module docstring): each corner's reconstruction error is added back with the
-    bilinear weights.
+    f0 is the anchor's pitch. The notes go through ``decoder``
+    (:meth:`morphbox.device.packs.neural.NeuralDecoder.decode_frames`) one anchor at a time
+    (all grid points in one call).
     """
     z = np.asarray(z, np.float32)
     loudness_db = np.asarray(loudness_db, np.float32)
@@ -62,26 +70,76 @@ def neural_grid_codes(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors,
         raise ValueError(f"expected z (4, A, F, Z) and loudness (4, A, F); got {z.shape}, "
                          f"{loudness_db.shape}")
     _, n_anchors, frames, z_dims = z.shape
-    axis = np.linspace(0.0, 1.0, size)
-    w = corner_weights(axis[None, :], axis[:, None]).astype(np.float32).reshape(-1, 4)
-    zg = (w @ z.reshape(4, -1)).reshape(-1, frames, z_dims)  # (G*G*A, F, Z)
-    loud = (w @ loudness_db.reshape(4, -1)).reshape(-1, frames)
-    f0 = np.broadcast_to(midi_to_hz(np.asarray(anchors, np.float64))[None, :, None],
-                         (size * size, n_anchors, frames)).reshape(-1, frames)
-    out = decoder.decode_db(zg, f0, loud)
-    # partial k in dB = amplitude_db + harmonic_db_k - 20 log10(sum_j 10^(harmonic_db_j / 20))
-    # (amplitude x normalised distribution, as morphbox.kernels.synth.controls_from_db), computed in
-    # the dB domain in float32: a rebuild is ~10 M values and this is most of its numpy time
-    h = out["harmonic_db"]
-    total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
-    level = out["amplitude_db"] - np.float32(20.0) * np.log10(total)
-    shape = (size, size, n_anchors, frames)
-    harm = (h + level[..., None]).reshape(shape + (-1,))
-    noise = out["noise_db"].reshape(shape + (-1,))
-    if corner_codes is not None:
-        harm, noise = (_anchor(g, dequantize_db(c), w) for g, c in zip((harm, noise),
-                                                                        corner_codes))
-    return _codes(harm), _codes(noise)
+    w = bilinear_weights(size)
+    out = None
+    for a, pitch in enumerate(anchors):
+        zg = (w @ z[:, a].reshape(4, -1)).reshape(-1, frames, z_dims)  # (G*G, F, Z)
+        loud = (w @ loudness_db[:, a].reshape(4, -1)).reshape(-1, frames)
+        f0 = np.full(loud.shape, float(midi_to_hz(pitch)))
+        frames_db = decoder.decode_frames(zg, f0, loud)
+        if out is None:
+            out = np.empty((size, size, n_anchors, frames, frames_db.shape[-1]), np.float32)
+        out[:, :, a] = frames_db.reshape(size, size, frames, -1)
+    return out
+
+
+def grid_codes(manifest: dict, corners: dict[str, np.ndarray],
+               decoded: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The ``grid_*`` members of a pack for four corner instruments.
+
+    ``manifest``: the pack's (dimensions, anchors, frame times, loop, ``neural_grid``);
+    ``corners``: the corners' ``instruments_*`` members (``harmonics``, ``envelope``,
+    ``noise`` codes, ``decay``, ``velocity``, ``hold``), each ``(4, ...)`` in ``CORNERS``
+    order;
+    ``decoded``: the neural grid in dB (:func:`decode_grid`), or None for a spectral grid (the
+    corners mixed bilinearly in dB). A neural grid with ``neural_grid.anchor_corners`` gets
+    each corner's reconstruction error added back with the bilinear weights (module
+    docstring). Every point is then levelled to its corners' power mix, and kept loopable: the
+    difference from the (loopable) spectral mix is crossfaded at the loop seam like a
+    sustaining note, so corners stay the instruments code for code. Decay rates and velocity
+    layers (and the hold weights) are the corners' mixed bilinearly. Returns uint8/int8 code
+    arrays (float32 for ``grid_hold``).
+    """
+    m = manifest
+    size = int(m["grid_size"])
+    k, e = int(m["harmonics"]), int(m["envelope_bands"])
+    corner_db = np.concatenate([dequantize_db(corners["instruments_harmonics"]),
+                                dequantize_db(corners["instruments_envelope"]),
+                                dequantize_db(corners["instruments_noise"])], axis=-1)
+    weights = channel_weights(midi_to_hz(np.asarray(m["pitch_anchors"], np.float64)), k, e,
+                              int(m["noise_bands"]), float(m["source_sample_rate"]))
+    decay = spectral_grid(decay_from_codes(corners["instruments_decay"]), size)
+    velocity = spectral_grid(velocity_from_codes(corners["instruments_velocity"]), size)
+    times = np.asarray(m["frame_times"], np.float64)
+    ls, le = int(m["loop"]["start"]), int(m["loop"]["end"])
+    fade = float(m["loop"].get("crossfade_s", 0.3))
+    anchored = bool(m.get("neural_grid", {}).get("anchor_corners", False))
+    w = bilinear_weights(size)
+    shape = (size, size) + corner_db.shape[1:]
+    out = {name: np.empty(shape[:-1] + (n,), np.uint8) for name, n in
+           (("grid_harmonics", k), ("grid_envelope", e),
+            ("grid_noise", corner_db.shape[-1] - k - e))}
+    for a in range(corner_db.shape[1]):  # one anchor at a time: ~1/19 of the memory
+        c = corner_db[:, a:a + 1]
+        mix = spectral_grid(c, size)
+        if decoded is None:
+            grid = mix.copy()
+        else:
+            grid = np.array(decoded[:, :, a:a + 1], np.float32)
+            if anchored:
+                grid = _anchor(grid, c, w)
+        gain = power_gain(grid, c, weights[a:a + 1])
+        grid += gain[..., None]
+        diff = make_loopable(grid - mix, np.zeros(grid.shape[-1], np.float32), times, ls, le,
+                             fade)
+        final = (mix + diff)[:, :, 0]
+        out["grid_harmonics"][:, :, a] = _codes(final[..., :k])
+        out["grid_envelope"][:, :, a] = _codes(final[..., k:k + e])
+        out["grid_noise"][:, :, a] = _codes(final[..., k + e:])
+    out["grid_decay"] = decay_to_codes(decay)
+    out["grid_velocity"] = velocity_to_codes(velocity)
+    out["grid_hold"] = spectral_grid(corners["instruments_hold"], size).astype(np.float32)
+    return out
 
 
 def _anchor(grid_db: np.ndarray, corner_db: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -104,11 +162,15 @@ def _codes(db: np.ndarray) -> np.ndarray:
     return np.clip(q, 0, 255, out=q).astype(np.uint8)
 
 
+CORNER_MEMBERS = ("instruments_harmonics", "instruments_envelope", "instruments_noise",
+                  "instruments_decay", "instruments_velocity", "instruments_hold")
+
+
 def build_grid(pack: Pack, corners: dict[str, int], *, stored: bool = True) -> Grid:
     """Grid for ``corners`` (``{"NW": i, ...}``, instrument indices) from ``pack``'s
-    instruments: spectral mode mixes their dB frames, neural mode decodes their mixed
-    embeddings (:func:`neural_grid_codes`). Raises :class:`PackError` for an unknown corner or
-    instrument index, :class:`morphbox.device.packs.neural.ModelError` if the decoder fails.
+    instruments (:func:`grid_codes`; a neural pack decodes their mixed embeddings with
+    :func:`decode_grid`). Raises :class:`PackError` for an unknown corner or instrument index,
+    :class:`morphbox.device.packs.neural.ModelError` if the decoder fails.
 
     Cross-machine contract: for the pack's own corners the grid stored in the pack is used as
     is (``stored``; False forces a rebuild), so it sounds code for code as built on the laptop.
@@ -127,27 +189,20 @@ def build_grid(pack: Pack, corners: dict[str, int], *, stored: bool = True) -> G
         return grid_from_pack(pack)
     m = pack.manifest
     idx = [corners[c] for c in CORNERS]
-    size = int(m["grid_size"])
+    decoded = None
     if m.get("mode") == "neural":
         if pack.decoder is None:
             raise PackError(f"{pack.path}: cannot decode a grid for other corners: "
                             f"{pack.decoder_error or 'neural pack loaded without its decoder'}"
                             "; the stored grid plays on")
-        anchored = bool(m.get("neural_grid", {}).get("anchor_corners", False))
-        codes = neural_grid_codes(pack.decoder, pack.z_corners(idx),
-                                  pack.arrays["instruments_loudness"][idx],
-                                  m["pitch_anchors"], size,
-                                  (pack.arrays["instruments_harmonics"][idx],
-                                   pack.arrays["instruments_noise"][idx]) if anchored else None)
-        harm, noise = (dequantize_db(c) for c in codes)
-    else:
-        harm = spectral_grid(dequantize_db(pack.arrays["instruments_harmonics"][idx]), size)
-        noise = spectral_grid(dequantize_db(pack.arrays["instruments_noise"][idx]), size)
-    return Grid.from_parts(harm, noise, anchors=m["pitch_anchors"],
-                           frame_rate=float(m["frame_rate"]), loop_start=int(m["loop"]["start"]),
-                           loop_end=int(m["loop"]["end"]),
-                           source_rate=float(m["source_sample_rate"]),
-                           name=f"{pack.name}:{'/'.join(str(i) for i in idx)}")
+        decoded = decode_grid(pack.decoder, pack.z_corners(idx),
+                              pack.arrays["instruments_loudness"][idx], m["pitch_anchors"],
+                              int(m["grid_size"]))
+    codes = grid_codes(m, {name: pack.arrays[name][idx] for name in CORNER_MEMBERS}, decoded)
+    return grid_from_arrays(m, codes["grid_harmonics"], codes["grid_envelope"],
+                            codes["grid_noise"], codes["grid_decay"], codes["grid_velocity"],
+                            codes["grid_hold"],
+                            name=f"{pack.name}:{'/'.join(str(i) for i in idx)}")
 
 
 class CornerSelector:

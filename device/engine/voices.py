@@ -18,21 +18,31 @@ Per block, for all sounding voices at once (numpy, no per-voice Python loop):
 
 1. Each voice's morph position is smoothed towards its target (one-pole per voice,
    ``morph_smoothing_s``) and picks that voice's grid cell; its four neighbouring grid points
-   are gathered and mixed bilinearly, and its two nearest analysis frames linearly, in dB,
-   giving harmonic amplitudes and noise band gains per voice.
-2. Partials that would pass Nyquist at the voice's played pitch (MIDI note + global bend +
-   its own bend, each smoothed) are removed; a single-cycle table is built per voice
-   (:mod:`morphbox.kernels.oscillator`) and read with the previous block's table crossfaded
-   into it over the block, so timbre moves without zipper noise while a note is held.
-3. ADSR (:mod:`morphbox.kernels.envelope`) times velocity gain (DLS curve ``(v / 127)^2``)
-   times the pressure gain shape each voice; one filtered-noise stream carries every voice's
-   noise (:mod:`morphbox.kernels.noise`).
+   are gathered and mixed bilinearly, and its two frames around its time in the note
+   linearly, in dB (:func:`_mix_voices`), giving the voice's partial levels, harmonic
+   envelope and noise band gains (:mod:`morphbox.kernels.features`). Its velocity layers
+   (interpolated by velocity) are added the same way, and past the loop end the decay of
+   the passes it has made (:mod:`morphbox.kernels.sustain`): a held note sustains or keeps
+   decaying as its source does, never swelling back.
+2. Partials above the band limit at the voice's played pitch (MIDI note + global bend +
+   its own bend, each smoothed) are removed; the first 64 partials take their own levels,
+   the rest (up to 20 kHz: several hundred for a low note) the envelope's at their frequency;
+   a single-cycle table is built per voice (:mod:`morphbox.kernels.oscillator`, its size
+   following the pitch) and read with the previous block's table crossfaded into it over the
+   block, so timbre moves without zipper noise while a note is held.
+3. ADSR (:mod:`morphbox.kernels.envelope`, its release from wherever the note is) times the
+   pressure gain shape each voice; one filtered-noise stream carries every voice's noise
+   (:mod:`morphbox.kernels.noise`, ERB bands to 20 kHz).
 4. Master volume (ramped), then the soft limiter (:mod:`morphbox.kernels.limiter`).
+
+Velocity: within the grid's velocity layers the level and timbre are the layers' (a pack
+analyses its sources at several velocities); below the lowest layer and above the highest,
+the DLS curve ``(v / v_layer)^2`` scales the level.
 
 Voices: up to ``max_voices`` sound at once; a note-on beyond that steals the oldest voice,
 which fades out over ``steal_fade_s`` in one of ``fade_voices`` spare slots while the new note
-starts. Each voice plays its note's nearest pitch anchor, its frames advancing in real time
-and ping-ponging through the pack's sustain loop while it sounds.
+starts. Each voice plays its note's nearest pitch anchor from its onset, its frames following
+the time since its note-on (``position`` skips into the note).
 """
 
 from __future__ import annotations
@@ -46,15 +56,21 @@ import numpy as np
 from morphbox.device.engine.controls import Controls
 from morphbox.device.packs.format import Grid
 from morphbox.kernels import envelope as env
+from morphbox.kernels.features import DB_FLOOR, envelope_interp
 from morphbox.kernels.limiter import SoftLimiter
 from morphbox.kernels.noise import NoiseSynth
 from morphbox.kernels.oscillator import (
-    BANDLIMIT_LO,
+    MAX_PARTIALS,
+    TABLE_MAX,
     WavetableBank,
-    bandlimit_gains,
+    band_edges_hz,
+    partial_gains,
     phase_increment,
     read_crossfade,
+    table_shifts,
+    table_sizes,
 )
+from morphbox.kernels.sustain import loop_time
 
 _NOTE_ON, _NOTE_OFF, _ALL_NOTES_OFF, _ALL_SOUND_OFF, _VOICE = range(5)
 _PITCH_MIN, _PITCH_MAX = -60.0, 135.0  # played pitch clamp, MIDI (135 is ~19.9 kHz)
@@ -118,8 +134,12 @@ class Engine:
         self._age = np.zeros(cap, np.int64)
         self._held = np.zeros(cap, bool)
         self._phase = np.zeros(cap, np.uint32)
-        self._fpos = np.zeros(cap, np.float64)
-        self._fdir = np.ones(cap, np.float64)
+        self._t = np.zeros(cap, np.float64)  # seconds into the note
+        self._vel = np.ones(cap, np.float64)  # velocity (1..127)
+        self._vl = np.zeros(cap, np.int64)  # velocity layer below the velocity
+        self._vf = np.zeros(cap, np.float32)  # fraction towards the next layer
+        self._size = np.full(cap, 256, np.int64)  # table size
+        self._shift = table_shifts(self._size)
         self._anchor = np.zeros(cap, np.int64)
         self._fresh = np.zeros(cap, bool)
         # per-voice expression, whole-slot arrays (updated for every slot at once: cheaper
@@ -148,12 +168,16 @@ class Engine:
         # bend moved or a note started
         self._f0v = np.zeros(cap, np.float64)
         self._incv = np.zeros(cap, np.uint32)
-        self._blv = np.ones((cap, grid.n_harmonics), np.float32)
+        self._npart = np.zeros(cap, np.int64)  # partials below the band limit
+        self._pgv = np.zeros((cap, MAX_PARTIALS), np.float32)  # band limit x droop
+        self._eiv = np.zeros((cap, 0), np.int64)  # envelope band of each partial above K
+        self._ewv = np.zeros((cap, 0), np.float32)  # ... and the fraction to the next one
         self._pitch_dirty = True
         self._pitch_bend = None
         self._counter = 0
-        self._bank = WavetableBank(grid.n_harmonics)
-        self._tables = np.zeros((cap, self._bank.table_size + 1), np.float32)
+        self._bank = WavetableBank()
+        self._tables = np.zeros((cap, TABLE_MAX + 1), np.float32)
+        self._scratch = np.zeros((cap, TABLE_MAX + 1), np.float32)
         self._noise = NoiseSynth(cfg.block_size, grid.n_noise_bands, cfg.sample_rate,
                                  grid.source_rate, seed=cfg.seed)
         self._limiter = SoftLimiter(cfg.block_size, cfg.sample_rate)
@@ -169,7 +193,7 @@ class Engine:
         self._x, self._y, self._bend, self._volume = snap.x, snap.y, snap.bend, snap.volume
         self._mode = snap.morph_mode
         self._spread = self._mode != "follow"
-        self._log2k = np.log2(np.arange(1, grid.n_harmonics + 1)).astype(np.float32)
+        self._log2k = np.log2(np.arange(1, MAX_PARTIALS + 1)).astype(np.float32)
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self._taps: tuple = ()
         self.blocks = 0
@@ -223,9 +247,10 @@ class Engine:
 
     def set_grid(self, grid: Grid) -> None:
         """Swap in another grid; takes effect at the next block boundary."""
-        if (grid.n_harmonics, grid.n_noise_bands) != (self.grid.n_harmonics,
-                                                       self.grid.n_noise_bands):
-            raise ValueError("new grid has a different number of harmonics or noise bands")
+        if (grid.n_harmonics, grid.n_envelope, grid.n_noise_bands) != (
+                self.grid.n_harmonics, self.grid.n_envelope, self.grid.n_noise_bands):
+            raise ValueError("new grid has a different number of harmonics, envelope or "
+                             "noise bands")
         self.grid = grid
 
     def add_tap(self, tap) -> None:
@@ -274,13 +299,18 @@ class Engine:
         self._level[slot] = 0.0
         self._note[slot] = note
         self._channel[slot] = channel
-        self._gain[slot] = (velocity / 127.0) ** 2
+        self._vel[slot] = velocity
         self._age[slot] = self._counter
         self._held[slot] = True
         self._phase[slot] = 0
-        self._fpos[slot] = self.controls.snapshot.position * self.grid.loop_start
-        self._fdir[slot] = 1.0
-        self._anchor[slot] = np.argmin(np.abs(self.grid.anchors - note))
+        grid = self.grid
+        self._t[slot] = self.controls.snapshot.position * grid.frame_times[grid.loop_start]
+        self._anchor[slot] = np.argmin(np.abs(grid.anchors - note))
+        self._set_velocity(grid, np.array([slot]))
+        pitch = min(max(note + bend + self._bend, _PITCH_MIN), _PITCH_MAX)
+        self._size[slot] = table_sizes(np.array([440.0 * 2.0 ** ((pitch - 69.0) / 12.0)]),
+                                       self.config.sample_rate)[0]
+        self._shift[slot] = table_shifts(self._size[slot:slot + 1])[0]
         self._fresh[slot] = True
         # expression: the voice starts where its mode puts it (no glide in from elsewhere)
         snap = self.controls.snapshot
@@ -360,13 +390,33 @@ class Engine:
         if self._pending_any:
             self._flush_pending()
 
+    def _set_velocity(self, grid: Grid, slots: np.ndarray) -> None:
+        """Velocity layer, fraction and DLS gain (outside the layers) of ``slots``."""
+        layers = grid.velocity_layers
+        v = self._vel[slots]
+        pos = np.interp(v, layers, np.arange(len(layers), dtype=np.float64))
+        l0 = np.minimum(pos.astype(np.int64), max(len(layers) - 2, 0))
+        self._vl[slots] = l0
+        self._vf[slots] = np.minimum(pos - l0, 1.0) if len(layers) > 1 else 0.0
+        edge = np.clip(v, layers[0], layers[-1])
+        self._gain[slots] = (v / edge) ** 2
+
     def _adopt_grid(self, grid: Grid) -> None:
-        """A new grid arrived: re-pick anchors and clamp frame positions of live voices."""
+        """A new grid arrived: re-pick anchors and velocity layers of live voices."""
         self._anchor[:] = np.argmin(np.abs(grid.anchors[None, :] - self._note[:, None]), axis=1)
-        np.clip(self._fpos, 0.0, grid.n_frames - 1.001, out=self._fpos)
-        # rows of (point, anchor, frame): a view of the C-contiguous array Grid makes
-        self._flat = grid.frames_db.reshape(-1, grid.frames_db.shape[-1])
+        self._set_velocity(grid, np.arange(len(self._vel)))
+        # rows of (point, anchor, frame), (point, anchor), (point, anchor, layer): views of
+        # the C-contiguous arrays Grid makes
+        c = grid.frames_db.shape[-1]
+        self._flat = grid.frames_db.reshape(-1, c)
+        self._flat_decay = grid.decay_db.reshape(-1, c)
+        self._flat_hold = grid.hold.reshape(-1)
+        self._flat_vel = grid.velocity_db.reshape(-1, c)
+        self._loop_s = (float(grid.frame_times[grid.loop_start]),
+                        float(grid.frame_times[grid.loop_end]))
+        self._frame_index = np.arange(grid.n_frames, dtype=np.float64)
         self._grid_seen = grid
+        self._pitch_dirty = True
 
     def render_block(self) -> np.ndarray:
         """Render one block: ``(block_size, channels)`` float32 in -1..1 (a reused buffer)."""
@@ -396,6 +446,7 @@ class Engine:
             self.nonfinite_blocks += 1
             mono[:] = 0.0
             self._stage[:] = env.IDLE
+            self._noise.reset()  # its overlap-add tail carries the bad values on
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
         self.blocks += 1
@@ -460,16 +511,22 @@ class Engine:
             self._bend_glide -= 1
             self._pitch_dirty = True
 
-    def _update_pitch(self, n_harmonics: int) -> None:
-        """f0 (Hz), phase increments and band-limit gains of every voice at its played pitch:
+    def _update_pitch(self, grid: Grid) -> None:
+        """f0 (Hz), phase increments, partial count, partial gains (band limit, table
+        headroom, droop) and envelope interpolation of every voice at its played pitch:
         note + global bend + own bend (clamped to MIDI -60..135)."""
         sr = self.config.sample_rate
         pitch = self._note + (self._expr[0] + self._bend)
         np.minimum(np.maximum(pitch, _PITCH_MIN, out=pitch), _PITCH_MAX, out=pitch)
         self._f0v = f0 = 440.0 * np.exp2((pitch - 69.0) / 12.0)
         self._incv = phase_increment(f0, sr)
-        if f0.max() * n_harmonics > BANDLIMIT_LO * sr:
-            self._blv = bandlimit_gains(f0, n_harmonics, sr)
+        k = grid.n_harmonics
+        cap = MAX_PARTIALS if grid.n_envelope else min(k, MAX_PARTIALS)
+        top = np.floor(band_edges_hz(sr)[1] / f0).astype(np.int64)
+        self._npart = np.minimum(np.minimum(top, cap), (0.3 * self._size).astype(np.int64))
+        self._pgv = partial_gains(f0, self._size, MAX_PARTIALS, sr)
+        if grid.n_envelope and MAX_PARTIALS > k:
+            self._eiv, self._ewv = envelope_interp(f0, k + 1, MAX_PARTIALS - k, grid.n_envelope)
         self._pitch_dirty = False
         self._pitch_bend = self._bend
 
@@ -482,34 +539,56 @@ class Engine:
         expr = snap.expression
         if self._glide:
             self._smooth_expression()
-        # timbre: each voice's 4 neighbouring grid points (bilinear) and 2 frames, in dB
+        # timbre: each voice's 4 neighbouring grid points (bilinear) and 2 frames, in dB,
+        # plus its velocity layers and, past the loop end, the decay of its passes
         vx, vy = self._positions(live, snap)
-        fpos = self._fpos[live]
+        t = self._t[live] + self._dt  # the block's tables are the note at the block's end,
+        tt, past_a, past_b = loop_time(t, *self._loop_s)  # crossfaded from its start
+        fpos = np.interp(tt, grid.frame_times, self._frame_index)
         i0 = np.minimum(fpos.astype(np.int64), grid.n_frames - 2)
         fr = fpos - i0
         frames_db = _mix_voices(self._flat, grid.frames_db.shape, vx, vy, self._anchor[live],
-                                i0, fr)
-        k = grid.n_harmonics
+                                i0, fr, self._flat_vel, grid.velocity_db.shape[3],
+                                self._vl[live], self._vf[live],
+                                self._flat_decay if past_a.max() > 0.0 else None,
+                                (past_a, past_b), self._flat_hold, grid.loop_end)
+        k, e = grid.n_harmonics, grid.n_envelope
+        if self._pitch_dirty or self._bend != self._pitch_bend:
+            self._update_pitch(grid)
+        # every partial's level (dB): its own for the first K, the envelope's above
+        m = int(self._npart[live].max())
+        if m > k:
+            ei = self._eiv[live, :m - k]
+            ei += (np.arange(len(live)) * frames_db.shape[1] + k)[:, None]  # flat rows
+            flat = frames_db.reshape(-1)
+            lo = flat.take(ei)
+            hi = flat.take(ei + 1)
+            hi -= lo
+            hi *= self._ewv[live, :m - k]
+            lo += hi
+            amps_db = np.concatenate([frames_db[:, :k], lo], axis=1)
+        else:
+            amps_db = frames_db[:, :max(m, 1)]
         if expr.pressure_brightness > 0.0:  # tilt: -d (1 - p) log2(k) dB
             dark = expr.pressure_brightness * (1.0 - self._expr[1, live])
-            frames_db[:, :k] -= dark[:, None] * self._log2k
-        frames_db *= np.float32(np.log(10.0) / 20.0)  # dB -> nepers
-        mags = np.exp(frames_db)
-        amps = mags[:, :k]
-        if self._pitch_dirty or self._bend != self._pitch_bend:
-            self._update_pitch(k)
-        f0 = self._f0v[live]
-        if f0.max() * k > BANDLIMIT_LO * cfg.sample_rate:
-            amps *= self._blv[live]
-        tables = self._bank.build(amps)
+            amps_db = amps_db - dark[:, None].astype(np.float32) * self._log2k[:amps_db.shape[1]]
+        floor = np.float32(DB_FLOOR)
+        audible = amps_db > floor  # the floor (code 0) and below is silence, as in kernels.synth
+        amps_db = amps_db * np.float32(np.log(10.0) / 20.0)  # dB -> nepers
+        amps = np.exp(amps_db)
+        amps *= audible
+        amps *= self._pgv[live, :amps.shape[1]]
+        sizes = self._size[live]
+        tables = self._bank.build(amps, sizes, self._scratch[:len(live)])
         fresh = self._fresh[live]
         prev = self._tables[live]
-        if fresh.any():
-            prev[fresh] = tables[fresh]
+        if fresh.any():  # a new note fades in over its first block (its attack's first part)
+            prev[fresh] = 0.0
             self._fresh[live] = False
         inc = self._incv[live]
         phase = self._phase[live]
-        wave = read_crossfade(prev, tables, phase, inc, cfg.block_size, self._ramp)
+        wave = read_crossfade(prev, tables, phase, inc, cfg.block_size, self._ramp,
+                              self._shift[live])
         gain = self._gain[live] * np.float32(cfg.voice_gain)
         end = env_end * gain
         if expr.pressure_loudness > 0.0 or self._pgain_on:
@@ -525,22 +604,14 @@ class Engine:
                 * self._ramp
         wave *= amp
         mono = wave.sum(axis=0)
-        band = mags[:, k:] * end[:, None]
+        noise_db = frames_db[:, k + e:]
+        band = np.exp(noise_db * np.float32(np.log(10.0) / 20.0)) * end[:, None]
+        band *= noise_db > floor
         mono += self._noise.render(np.einsum("vb,vb->b", band, band))
-        # advance oscillator and frame state
+        # advance oscillator and note time
         self._tables[live] = tables
         self._phase[live] = phase + inc * np.uint32(cfg.block_size)
-        step = grid.frame_rate * self._dt
-        fpos = fpos + self._fdir[live] * step
-        fdir = self._fdir[live]
-        over = fpos > grid.loop_end
-        fpos[over] = 2.0 * grid.loop_end - fpos[over]
-        fdir[over] = -1.0
-        under = (fdir < 0) & (fpos < grid.loop_start)
-        fpos[under] = 2.0 * grid.loop_start - fpos[under]
-        fdir[under] = 1.0
-        self._fpos[live] = fpos
-        self._fdir[live] = fdir
+        self._t[live] = t
         return mono
 
 
@@ -548,7 +619,11 @@ _WEIGHT_FLOOR = 1e-9  # bilinear/frame factors below are 0: products stay clear 
 
 
 def _mix_voices(flat: np.ndarray, shape: tuple, x: np.ndarray, y: np.ndarray,
-                anchor: np.ndarray, i0: np.ndarray, fr: np.ndarray) -> np.ndarray:
+                anchor: np.ndarray, i0: np.ndarray, fr: np.ndarray,
+                flat_vel: np.ndarray | None = None, n_layers: int = 1,
+                layer: np.ndarray | None = None, layer_fr: np.ndarray | None = None,
+                flat_decay: np.ndarray | None = None, past: tuple | None = None,
+                flat_hold: np.ndarray | None = None, loop_end: int = 0) -> np.ndarray:
     """Each voice's bilinear grid look-up, ``(voices, bins)`` float32 dB.
 
     ``flat``: :attr:`Grid.frames_db` ``(G, G, anchors, frames, bins)`` viewed as
@@ -560,6 +635,16 @@ def _mix_voices(flat: np.ndarray, shape: tuple, x: np.ndarray, y: np.ndarray,
     its two frames linearly: one gather of ``(voices, 8, bins)`` rows and one batched
     ``(1, 8) @ (8, bins)`` product. Factors under 1e-9 count as 0 (a voice close to a grid
     line), which keeps the products out of denormal floats (a 10x slower matmul on x86).
+
+    With ``flat_vel`` (:attr:`Grid.velocity_db` viewed as ``(G * G * anchors * layers,
+    bins)``, ``n_layers`` layers), each voice's layers ``layer`` and ``layer + 1`` are added,
+    mixed by ``layer_fr`` (a second ``(1, 8) @ (8, bins)``). With ``flat_decay``
+    (:attr:`Grid.decay_db` as ``(G * G * anchors * 2, bins)``), ``past = (a, b)``
+    ``(voices,)`` seconds by which each point's decay rate and loop slope are multiplied
+    (:func:`morphbox.kernels.sustain.loop_time`; a third ``(1, 8) @ (8, bins)``), and
+    ``flat_hold`` (:attr:`Grid.hold`, flat) each point's hold weight: a voice past the loop
+    end takes that share of each point from its frame ``loop_end`` instead of the loop (and
+    none of its loop slope; the gather grows to 12 rows).
     """
     size, _, n_anchors, n_frames, bins = shape
     n = len(anchor)
@@ -573,14 +658,43 @@ def _mix_voices(flat: np.ndarray, shape: tuple, x: np.ndarray, y: np.ndarray,
     f[2, 1] = fr
     np.subtract(1.0, f[:, 1], out=f[:, 0])
     f[f < _WEIGHT_FLOOR] = 0.0
-    w = (f[0][:, None, None] * f[1][None, :, None]).reshape(4, 1, n) * f[2][None]
-    w = w.reshape(8, n).T.astype(np.float32)[:, None, :]  # (voices, 1, 8) in row order
-    step_x = n_anchors * n_frames
-    rows = (((iy0 * size + ix0) * n_anchors + anchor) * n_frames + i0)[:, None] \
-        + np.array([0, 1, step_x, step_x + 1, size * step_x, size * step_x + 1,
-                    (size + 1) * step_x, (size + 1) * step_x + 1])
-    rows = flat.take(rows.ravel(), axis=0).reshape(n, 8, bins)
-    return np.matmul(w, rows).reshape(n, bins)
+    w4 = (f[0][:, None, None] * f[1][None, :, None]).reshape(4, n)  # points, row order
+    point = (iy0 * size + ix0) * n_anchors + anchor  # (point, anchor) row of the cell's NW
+    corners = np.array([0, 1, size, size + 1]) * n_anchors
+    cell = point[:, None] + corners  # (voices, 4) rows of (point, anchor)
+    beta = None
+    if flat_decay is not None and flat_hold is not None:
+        beta = flat_hold.take(cell) * (np.asarray(past[0]) > 0.0)[:, None]  # (voices, 4)
+        if not beta.any():
+            beta = None
+    loop_w = w4 if beta is None else w4 * (1.0 - beta.T)
+    w = (loop_w[:, None] * f[2][None]).reshape(8, n).T
+    rows = (cell * n_frames + i0[:, None])[:, :, None] + np.array([0, 1])  # (voices, 4, 2)
+    rows = rows.reshape(n, 8)
+    if beta is not None:  # past the loop end, held notes play their last frame
+        w = np.concatenate([w, (w4 * beta.T).T], axis=1)
+        rows = np.concatenate([rows, cell * n_frames + loop_end], axis=1)
+    k = rows.shape[1]
+    rows = flat.take(rows.ravel(), axis=0).reshape(n, k, bins)
+    out = np.matmul(w.astype(np.float32)[:, None, :], rows).reshape(n, bins)
+    if flat_vel is not None:
+        lf = np.empty((2, n), np.float64)
+        lf[1] = layer_fr
+        lf[0] = 1.0 - lf[1]
+        lf[lf < _WEIGHT_FLOOR] = 0.0
+        wl = (w4[:, None] * lf[None]).reshape(8, n).T.astype(np.float32)[:, None, :]
+        vrows = np.empty((n, 4, 2), np.int64)
+        vrows[:, :, 0] = cell * n_layers + layer[:, None]
+        np.add(vrows[:, :, 0], (layer < n_layers - 1)[:, None], out=vrows[:, :, 1])
+        vrows = flat_vel.take(vrows.ravel(), axis=0).reshape(n, 8, bins)
+        out += np.matmul(wl, vrows).reshape(n, bins)
+    if flat_decay is not None:
+        ab = np.stack([w4 * past[0], (w4 if beta is None else loop_w) * past[1]], axis=1)
+        wd = ab.reshape(8, n).T.astype(np.float32)[:, None, :]  # (point, [r, s]) order
+        drows = (cell * 2)[:, :, None] + np.array([0, 1])
+        drows = flat_decay.take(drows.ravel(), axis=0).reshape(n, 8, bins)
+        out += np.matmul(wd, drows).reshape(n, bins)
+    return out
 
 
 def _mpe_position(x, y, timbre, pressure, expr) -> tuple:

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from morphbox.device.packs.format import FORMAT, FORMAT_VERSIONS, MANIFEST, member_name_ok
+from morphbox.device.packs.format import (
+    FORMAT,
+    FORMAT_VERSIONS,
+    MANIFEST,
+    REBUILD,
+    RETIRED_VERSIONS,
+    member_name_ok,
+)
 from morphbox.device.packs.schema import MAX_MANIFEST_BYTES, SchemaError, strict_json
 
 MAGIC = b"MBPACK"
@@ -230,8 +237,9 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
                            "format")
     pv = header.get("pack_format_version")
     if pv not in FORMAT_VERSIONS:
+        hint = f"; {REBUILD}" if pv in RETIRED_VERSIONS else ""
         raise ArchiveError(f"incompatible pack: format version {pv!r}, this device reads "
-                           f"versions {', '.join(map(str, FORMAT_VERSIONS))}", "version")
+                           f"versions {', '.join(map(str, FORMAT_VERSIONS))}{hint}", "version")
     name = header.get("name")
     if not pack_name_ok(name):
         raise ArchiveError(f"pack name {name!r} is not allowed (letters, digits, . _ -; at most "

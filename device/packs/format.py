@@ -1,9 +1,13 @@
-"""Sound packs v1 and v2: read, verify and write (format in docs/pack-format.md).
+"""Sound packs, format version 3: read, verify and write (format in docs/pack-format.md).
 
-A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member; a neural
-pack (v2) also carries the learned embeddings of its instruments (``instruments_z``,
+A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member: the
+full-band features (:mod:`morphbox.kernels.features`) of its instruments and of the morph grid
+of its active corners, with each note's decay rates and velocity layers; a neural pack also
+carries the learned embeddings of its instruments (``instruments_z``,
 ``instruments_z_scale``) and its TFLite decoder (``decoder.tflite``, read as bytes). The manifest
-names every member with its SHA-256, dtype and shape. :func:`load_pack` checks the manifest
+names every member with its SHA-256, dtype and shape. Packs of versions 1 and 2 (16 kHz
+notes, 64 partials, 1.6 s per note) are refused first, with a message that says how to
+rebuild them. :func:`load_pack` checks the manifest
 against the schema first (:mod:`morphbox.device.packs.schema`: type, finiteness and range of
 every field, nesting and size limits), then opens members as regular files only (no FIFO,
 device or symbolic link), hashes them as they stream and reads each array after its header
@@ -39,9 +43,18 @@ from morphbox.kernels.quant import dequantize_db
 log = logging.getLogger(__name__)
 
 FORMAT = "morphbox-pack"
-FORMAT_VERSION = 1  # spectral packs (the version v1 readers know)
-NEURAL_FORMAT_VERSION = 2  # neural packs: v1 members + embeddings + decoder
-FORMAT_VERSIONS = (FORMAT_VERSION, NEURAL_FORMAT_VERSION)
+FORMAT_VERSION = 3  # full-band packs (issue 11), spectral or neural
+NEURAL_FORMAT_VERSION = FORMAT_VERSION  # one version for both modes since v3
+FORMAT_VERSIONS = (FORMAT_VERSION,)
+REBUILD = ("rebuild it with this morphbox: `morphbox pack build` (the default instruments) or "
+           "`morphbox pack build --programs ... --wav NAME=FOLDER ...` from its sources (the "
+           "manifest's instruments list them)")
+RETIRED_VERSIONS = {
+    1: "a version 1 (spectral, 16 kHz) pack from before full-band sound",
+    2: "a version 2 (neural, 16 kHz) pack from before full-band sound",
+}
+DECAY_STEP = 0.25  # dB/s per code of the decay members (uint8: 0 .. -63.75 dB/s)
+VELOCITY_STEP = 0.5  # dB per code of the velocity members (int8: -64 .. +63.5 dB)
 MANIFEST = "manifest.json"
 MODES = ("spectral", "neural")
 QUANTIZATIONS = ("int8", "float32")
@@ -50,14 +63,25 @@ _CHUNK = 1 << 16
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\.(npy|tflite)")  # full match only: member_name_ok
 
-# member -> (dtype, shape expressed in manifest dimensions)
+# member -> (dtype, shape expressed in manifest dimensions); "channels" = harmonics +
+# envelope_bands + noise_bands (one note frame, in that order), "layers" = velocity layers,
+# "rates" = 2: the decay past the loop end, then the loop's own slope (dB/s codes)
 MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "instruments_harmonics.npy": ("uint8", ("instruments", "anchors", "frames", "harmonics")),
+    "instruments_envelope.npy": ("uint8", ("instruments", "anchors", "frames",
+                                           "envelope_bands")),
     "instruments_noise.npy": ("uint8", ("instruments", "anchors", "frames", "noise_bands")),
     "instruments_loudness.npy": ("float32", ("instruments", "anchors", "frames")),
     "instruments_pitch_cents.npy": ("float32", ("instruments", "anchors")),
+    "instruments_decay.npy": ("uint8", ("instruments", "anchors", "rates", "channels")),
+    "instruments_velocity.npy": ("int8", ("instruments", "anchors", "layers", "channels")),
+    "instruments_hold.npy": ("float32", ("instruments", "anchors")),
     "grid_harmonics.npy": ("uint8", ("grid", "grid", "anchors", "frames", "harmonics")),
+    "grid_envelope.npy": ("uint8", ("grid", "grid", "anchors", "frames", "envelope_bands")),
     "grid_noise.npy": ("uint8", ("grid", "grid", "anchors", "frames", "noise_bands")),
+    "grid_decay.npy": ("uint8", ("grid", "grid", "anchors", "rates", "channels")),
+    "grid_velocity.npy": ("int8", ("grid", "grid", "anchors", "layers", "channels")),
+    "grid_hold.npy": ("float32", ("grid", "grid", "anchors")),
 }
 # required in a neural pack (format version 2), besides MEMBERS and DECODER
 NEURAL_MEMBERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -89,7 +113,12 @@ def _dims(manifest: dict) -> dict[str, int]:
             "anchors": len(manifest["pitch_anchors"]),
             "frames": int(manifest["frames"]),
             "harmonics": int(manifest["harmonics"]),
+            "envelope_bands": int(manifest["envelope_bands"]),
             "noise_bands": int(manifest["noise_bands"]),
+            "channels": int(manifest["harmonics"]) + int(manifest["envelope_bands"])
+            + int(manifest["noise_bands"]),
+            "layers": len(manifest["velocity_layers"]),
+            "rates": 2,
             "grid": int(manifest["grid_size"]),
             **({"z_dims": manifest["model"]["z_dims"]}
                if isinstance(manifest.get("model"), dict) and "z_dims" in manifest["model"]
@@ -138,6 +167,11 @@ class Pack:
         """Active corner combination: corner name -> instrument index."""
         return dict(self.manifest["corners"])
 
+    @property
+    def frame_times(self) -> np.ndarray:
+        """``(F,)`` float64 frame times, s after note-on."""
+        return np.asarray(self.manifest["frame_times"], np.float64)
+
 
 def _check_manifest(manifest: dict, where: Path) -> None:
     """The manifest schema (:mod:`morphbox.device.packs.schema`); raises ``PackError``."""
@@ -161,6 +195,7 @@ def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
     try:
         return NeuralDecoder(path / DECODER, z_dims=manifest["model"]["z_dims"],
                              harmonics=manifest["harmonics"],
+                             envelope_bands=manifest["envelope_bands"],
                              noise_bands=manifest["noise_bands"], num_threads=threads)
     except RuntimeMissing:
         raise
@@ -327,13 +362,12 @@ def write_pack(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.nda
     """Write a pack directory atomically; returns its path.
 
     ``manifest``: every field but ``members``, ``format`` and ``format_version`` (filled in
-    here: 2 for a neural pack, 1 otherwise). ``arrays``: member name without suffix -> array
+    here: :data:`FORMAT_VERSION`). ``arrays``: member name without suffix -> array
     (``.npy``) or ``bytes`` (a ``.tflite`` model). Replaces an existing pack at ``path``.
     Raises :class:`PackError` if the result would not verify.
     """
     path = Path(path)
-    version = NEURAL_FORMAT_VERSION if manifest.get("mode") == "neural" else FORMAT_VERSION
-    manifest = dict(manifest, format=FORMAT, format_version=version)
+    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
     manifest["members"] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -383,12 +417,25 @@ class Grid:
     """What the engine plays: the active morph grid in dB, ready for look-ups.
 
     Attributes:
-        frames_db: ``(G, G, anchors, frames, harmonics + noise_bands)`` float32 dB: per grid
-            point, pitch anchor and analysis frame, the partial amplitudes followed by the
-            noise band gains (one array so one gather serves both).
-        n_harmonics: how many of the last axis are partials.
+        frames_db: ``(G, G, anchors, frames, channels)`` float32 dB: per grid point, pitch
+            anchor and frame, the partial levels, then the harmonic envelope, then the noise
+            band gains (:mod:`morphbox.kernels.features`; one array so one gather serves all).
+        n_harmonics, n_envelope: how many of the last axis are partials, envelope bands (the
+            rest are noise bands).
         anchors: ``(anchors,)`` int MIDI pitches the grid was made at.
-        frame_rate: Hz; ``loop_start``/``loop_end``: sustain loop, frame indices.
+        frame_times: ``(frames,)`` float64 s after note-on of each frame.
+        loop_start, loop_end: the sustain loop, frame indices (:mod:`morphbox.kernels.sustain`):
+            past ``loop_end`` a held sustaining note goes on from ``loop_start``; a decaying
+            one holds its last frame and keeps decaying.
+        decay_db: ``(G, G, anchors, 2, channels)`` float32 dB per second (<= 0): ``[..., 0,
+            :]`` the rate each channel keeps falling by past the loop end, ``[..., 1, :]``
+            the loop's own slope (both 0 for a sustaining note).
+        hold: ``(G, G, anchors)`` float32 0..1: 1 where a decaying note holds its last
+            frame past the loop end, 0 where the note loops (a morph mixes the two).
+        velocity_db: ``(G, G, anchors, layers, channels)`` float32 dB added at each velocity
+            layer (0 at the pack's reference velocity); velocities between layers
+            interpolate, outside them the DLS curve ``40 log10(v / v_layer)`` extends it.
+        velocity_layers: ``(layers,)`` MIDI velocities of the layers.
         source_rate: analysis sample rate, Hz.
         name: the pack's name.
     """
@@ -396,17 +443,45 @@ class Grid:
     frames_db: np.ndarray
     n_harmonics: int
     anchors: np.ndarray
-    frame_rate: float
+    frame_times: np.ndarray
     loop_start: int
     loop_end: int
     source_rate: float
+    n_envelope: int = 0
+    decay_db: np.ndarray | None = None
+    hold: np.ndarray | None = None
+    velocity_db: np.ndarray | None = None
+    velocity_layers: np.ndarray = field(default_factory=lambda: np.array([100]))
     name: str = ""
 
+    def __post_init__(self):
+        g = self.frames_db.shape
+        if self.decay_db is None:
+            object.__setattr__(self, "decay_db", np.zeros(g[:3] + (2,) + g[4:], np.float32))
+        if self.hold is None:
+            object.__setattr__(self, "hold", np.zeros(g[:3], np.float32))
+        if self.velocity_db is None:
+            object.__setattr__(self, "velocity_db", np.zeros(g[:3] + (1,) + g[4:],
+                                                             np.float32))
+        object.__setattr__(self, "frame_times", np.asarray(self.frame_times, np.float64))
+        object.__setattr__(self, "velocity_layers",
+                           np.asarray(self.velocity_layers, np.float64).reshape(-1))
+
     @classmethod
-    def from_parts(cls, harmonics_db: np.ndarray, noise_db: np.ndarray, **fields) -> Grid:
-        """Build from ``(G, G, A, F, K)`` and ``(G, G, A, F, B)`` dB arrays."""
-        frames_db = np.concatenate([harmonics_db, noise_db], axis=-1).astype(np.float32)
+    def from_parts(cls, harmonics_db: np.ndarray, noise_db: np.ndarray,
+                   envelope_db: np.ndarray | None = None, *, frame_rate: float | None = None,
+                   **fields) -> Grid:
+        """Build from ``(G, G, A, F, K)``, ``(G, G, A, F, B)`` and (optional, else none)
+        ``(G, G, A, F, E)`` dB arrays. ``frame_rate`` (Hz) stands for evenly spaced
+        ``frame_times``."""
+        if envelope_db is None:
+            envelope_db = np.zeros(harmonics_db.shape[:-1] + (0,), np.float32)
+        frames_db = np.concatenate([harmonics_db, envelope_db, noise_db],
+                                   axis=-1).astype(np.float32)
+        if "frame_times" not in fields:
+            fields["frame_times"] = np.arange(harmonics_db.shape[3]) / float(frame_rate)
         return cls(frames_db=frames_db, n_harmonics=harmonics_db.shape[-1],
+                   n_envelope=envelope_db.shape[-1],
                    anchors=np.asarray(fields.pop("anchors"), np.int64), **fields)
 
     @property
@@ -419,37 +494,79 @@ class Grid:
 
     @property
     def n_noise_bands(self) -> int:
-        return self.frames_db.shape[-1] - self.n_harmonics
+        return self.frames_db.shape[-1] - self.n_harmonics - self.n_envelope
 
     @property
     def harmonics_db(self) -> np.ndarray:
         return self.frames_db[..., :self.n_harmonics]
 
     @property
+    def envelope_db(self) -> np.ndarray:
+        return self.frames_db[..., self.n_harmonics:self.n_harmonics + self.n_envelope]
+
+    @property
     def noise_db(self) -> np.ndarray:
-        return self.frames_db[..., self.n_harmonics:]
+        return self.frames_db[..., self.n_harmonics + self.n_envelope:]
+
+
+def decay_from_codes(codes: np.ndarray) -> np.ndarray:
+    """uint8 decay codes -> dB per second, float32 (<= 0)."""
+    return np.asarray(codes, np.float32) * np.float32(-DECAY_STEP)
+
+
+def decay_to_codes(db_per_s: np.ndarray) -> np.ndarray:
+    """dB per second (<= 0; clipped to the code range) -> uint8 codes."""
+    q = np.round(-np.asarray(db_per_s, np.float64) / DECAY_STEP)
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+def velocity_from_codes(codes: np.ndarray) -> np.ndarray:
+    """int8 velocity-layer codes -> dB, float32."""
+    return np.asarray(codes, np.float32) * np.float32(VELOCITY_STEP)
+
+
+def velocity_to_codes(db: np.ndarray) -> np.ndarray:
+    """dB (clipped to -64 .. +63.5) -> int8 codes."""
+    q = np.round(np.asarray(db, np.float64) / VELOCITY_STEP)
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def grid_from_arrays(manifest: dict, harmonics, envelope, noise, decay, velocity, hold,
+                     name: str = "") -> Grid:
+    """A :class:`Grid` from a pack's grid-shaped codes (``grid_*`` members, or any grid built
+    like them: uint8 ``(G, G, A, F, K)``, ``(G, G, A, F, E)``, ``(G, G, A, F, B)`` level codes,
+    uint8 ``(G, G, A, 2, C)`` decay codes, int8 ``(G, G, A, layers, C)`` velocity codes,
+    ``(G, G, A)`` hold) and its manifest.
+
+    The levels are filled one grid row at a time through a 256-entry table of the codes' dB
+    values (:func:`morphbox.kernels.quant.dequantize_db`), so building the grid needs no
+    whole-grid temporaries: peak memory is the float32 grid itself, not three times that."""
+    harmonics, envelope, noise = (np.asarray(x) for x in (harmonics, envelope, noise))
+    k, e = harmonics.shape[-1], envelope.shape[-1]
+    lut = dequantize_db(np.arange(256, dtype=np.uint8)).astype(np.float32)
+    frames_db = np.empty(harmonics.shape[:-1] + (k + e + noise.shape[-1],), np.float32)
+    for iy in range(harmonics.shape[0]):
+        np.take(lut, harmonics[iy], out=frames_db[iy, ..., :k], mode="clip")
+        np.take(lut, envelope[iy], out=frames_db[iy, ..., k:k + e], mode="clip")
+        np.take(lut, noise[iy], out=frames_db[iy, ..., k + e:], mode="clip")
+    return Grid(frames_db=frames_db, n_harmonics=k, n_envelope=e,
+                anchors=np.asarray(manifest["pitch_anchors"], np.int64),
+                frame_times=manifest["frame_times"],
+                loop_start=int(manifest["loop"]["start"]),
+                loop_end=int(manifest["loop"]["end"]),
+                source_rate=float(manifest["source_sample_rate"]),
+                decay_db=decay_from_codes(decay), hold=np.asarray(hold, np.float32),
+                velocity_db=velocity_from_codes(velocity),
+                velocity_layers=manifest["velocity_layers"], name=name)
 
 
 def grid_from_pack(pack: Pack) -> Grid:
-    """The active grid of a verified pack, dequantised to dB float32.
-
-    Filled one grid row at a time through a 256-entry table of the codes' dB values
-    (:func:`morphbox.kernels.quant.dequantize_db`), so building it needs no whole-grid
-    temporaries: peak memory is the grid itself (48 MB for the default pack), not three times
-    that."""
-    m = pack.manifest
-    harm, noise = pack.arrays["grid_harmonics"], pack.arrays["grid_noise"]
-    k = harm.shape[-1]
-    lut = dequantize_db(np.arange(256, dtype=np.uint8))
-    frames_db = np.empty(harm.shape[:-1] + (k + noise.shape[-1],), np.float32)
-    for iy in range(harm.shape[0]):
-        np.take(lut, harm[iy], out=frames_db[iy, ..., :k], mode="clip")
-        np.take(lut, noise[iy], out=frames_db[iy, ..., k:], mode="clip")
-    return Grid(frames_db=frames_db, n_harmonics=k,
-                anchors=np.asarray(m["pitch_anchors"], np.int64),
-                frame_rate=float(m["frame_rate"]), loop_start=int(m["loop"]["start"]),
-                loop_end=int(m["loop"]["end"]), source_rate=float(m["source_sample_rate"]),
-                name=pack.name)
+    """The active grid of a verified pack, dequantised to dB float32 (:func:`grid_from_arrays`:
+    one grid row at a time, no whole-grid temporaries)."""
+    a = pack.arrays
+    return grid_from_arrays(pack.manifest, a["grid_harmonics"], a["grid_envelope"],
+                            a["grid_noise"], a["grid_decay"], a["grid_velocity"],
+                            a["grid_hold"], pack.name)
 
 
 DEFAULT_PACK = Path(__file__).resolve().parent / "default"

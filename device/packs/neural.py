@@ -6,28 +6,26 @@ Runs the ``decode`` signature of a model file written by ``morphbox.host_tools.m
 imports TensorFlow. Not for the audio callback: a grid rebuild calls it from a background
 thread (DDSP-VST likewise keeps its network off the audio thread).
 
-The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``noise_db``) and become
-the controls of :mod:`morphbox.kernels.synth` through
-:func:`morphbox.kernels.synth.controls_from_db`
-(DDSP, Engel et al. 2020: amplitude x harmonic distribution, plus noise band gains).
+The model's outputs are in dB (``amplitude_db``, ``harmonic_db``, ``envelope_db`` relative to
+the amplitude, ``noise_db``) and become a note's frames in the layout of
+:mod:`morphbox.kernels.features` through :meth:`NeuralDecoder.decode_frames` (DDSP, Engel et
+al. 2020: amplitude x harmonic distribution, plus the envelope and noise band gains).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from morphbox.kernels.pitch import hz_to_midi
-from morphbox.kernels.synth import controls_from_db
 
 SIGNATURE = "decode"
 # input -> (rank, fixed trailing dims); output -> (rank, fixed trailing dims); None = the
 # model's own z size / harmonic and band counts, read from the file and reported
 INPUTS = {"z": 3, "f0_midi": 2, "loudness_db": 2}
-OUTPUTS = {"amplitude_db": 2, "harmonic_db": 3, "noise_db": 3}
+OUTPUTS = {"amplitude_db": 2, "harmonic_db": 3, "envelope_db": 3, "noise_db": 3}
 
 
 class ModelError(Exception):
@@ -50,29 +48,13 @@ def _interpreter_class():
     return Interpreter
 
 
-@dataclass(frozen=True)
-class Controls:
-    """Decoded synthesis controls, float32: ``amplitude`` ``(B, T)`` linear,
-    ``harmonic_distribution`` ``(B, T, K)`` (rows sum to 1), ``noise_magnitudes``
-    ``(B, T, N)`` linear band gains (convention of :mod:`morphbox.kernels.analysis`)."""
-
-    amplitude: np.ndarray
-    harmonic_distribution: np.ndarray
-    noise_magnitudes: np.ndarray
-
-    @property
-    def harmonic_amplitudes(self) -> np.ndarray:
-        """``(B, T, K)`` linear partial amplitudes (what a pack stores, before dB codes)."""
-        return self.amplitude[..., None] * self.harmonic_distribution
-
-
 class NeuralDecoder:
     """A loaded ``decode`` signature.
 
     Args:
         path: ``.tflite`` file.
-        z_dims, harmonics, noise_bands: what the caller (a pack) expects; a model with other
-            sizes is refused. ``None`` accepts what the model has.
+        z_dims, harmonics, noise_bands, envelope_bands: what the caller (a pack) expects; a
+            model with other sizes is refused. ``None`` accepts what the model has.
         num_threads: interpreter threads.
 
     Raises :class:`ModelError` if the file is unreadable, has no ``decode`` signature, or its
@@ -82,7 +64,7 @@ class NeuralDecoder:
 
     def __init__(self, path: str | os.PathLike, z_dims: int | None = 16,
                  harmonics: int | None = 64, noise_bands: int | None = 32,
-                 num_threads: int = 1):
+                 num_threads: int = 1, envelope_bands: int | None = 24):
         self.path = os.fspath(path)
         Interpreter = _interpreter_class()
         try:
@@ -111,9 +93,11 @@ class NeuralDecoder:
                                      f"of shape {list(shape)}; expected float32 of rank {rank}")
         self.z_dims = int(ins["z"].get("shape_signature", ins["z"]["shape"])[-1])
         self.harmonics = int(outs["harmonic_db"]["shape"][-1])
+        self.envelope_bands = int(outs["envelope_db"]["shape"][-1])
         self.noise_bands = int(outs["noise_db"]["shape"][-1])
         for what, want, have in (("z size", z_dims, self.z_dims),
                                  ("harmonics", harmonics, self.harmonics),
+                                 ("envelope bands", envelope_bands, self.envelope_bands),
                                  ("noise bands", noise_bands, self.noise_bands)):
             if want is not None and want != have:
                 raise ModelError(f"{self.path}: the model has {have} {what}, expected {want}")
@@ -123,7 +107,8 @@ class NeuralDecoder:
                   loudness_db: np.ndarray) -> dict[str, np.ndarray]:
         """Raw model outputs in dB for ``z`` ``(B, T, Z)`` (or ``(T, Z)``), ``f0_hz`` and
         ``loudness_db`` ``(B, T)`` (or ``(T,)``; Hz > 0 and dB). Returns ``{"amplitude_db":
-        (B, T), "harmonic_db": (B, T, K), "noise_db": (B, T, N)}`` float32 (no batch axis if
+        (B, T), "harmonic_db": (B, T, K), "envelope_db": (B, T, E), "noise_db": (B, T, N)}``
+        float32 (no batch axis if
         none was given). Raises ``ValueError`` on bad shapes, :class:`ModelError` if the
         runtime fails."""
         z = np.asarray(z, np.float32)
@@ -149,9 +134,24 @@ class NeuralDecoder:
         out = {k: np.array(out[k], np.float32) for k in OUTPUTS}
         return {k: v[0] for k, v in out.items()} if single else out
 
-    def decode(self, z: np.ndarray, f0_hz: np.ndarray, loudness_db: np.ndarray) -> Controls:
-        """Synthesis controls for ``z``, ``f0_hz``, ``loudness_db`` (shapes as
-        :meth:`decode_db`)."""
-        out = self.decode_db(z, f0_hz, loudness_db)
-        return Controls(*controls_from_db(out["amplitude_db"], out["harmonic_db"],
-                                          out["noise_db"]))
+    def decode_frames(self, z: np.ndarray, f0_hz: np.ndarray, loudness_db: np.ndarray
+                      ) -> np.ndarray:
+        """Decoded frames ``(B, T, K + E + N)`` float32 dB (or ``(T, K + E + N)``) in the
+        layout of :mod:`morphbox.kernels.features`: partial ``k`` = amplitude + harmonic_k -
+        20 log10(sum_j 10^(harmonic_j / 20)) (amplitude x normalised distribution), envelope
+        = amplitude + envelope, noise = the noise bands (the numpy twin of
+        :func:`morphbox.host_tools.model.network.frames_from_outputs`). Shapes and errors as
+        :meth:`decode_db`."""
+        return frames_from_db(self.decode_db(z, f0_hz, loudness_db))
+
+
+def frames_from_db(out: dict) -> np.ndarray:
+    """Decoder outputs in dB (``amplitude_db``, ``harmonic_db``, ``envelope_db``,
+    ``noise_db``) -> frames ``(..., K + E + N)`` float32 dB (:meth:`NeuralDecoder.
+    decode_frames`)."""
+    h = np.asarray(out["harmonic_db"], np.float32)
+    total = np.power(np.float32(10.0), h * np.float32(0.05)).sum(axis=-1)
+    amp = np.asarray(out["amplitude_db"], np.float32)
+    level = amp - np.float32(20.0) * np.log10(total)
+    return np.concatenate([h + level[..., None], out["envelope_db"] + amp[..., None],
+                           out["noise_db"]], axis=-1).astype(np.float32)

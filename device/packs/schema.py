@@ -43,9 +43,12 @@ from morphbox.device.packs.format import (
     MODES,
     NEURAL_MEMBERS,
     QUANTIZATIONS,
+    REBUILD,
+    RETIRED_VERSIONS,
     PackError,
     member_name_ok,
 )
+from morphbox.kernels.features import check_frame_times
 from morphbox.kernels.grid import CORNERS
 from morphbox.kernels.quant import DB_MIN, DB_STEP
 
@@ -53,9 +56,10 @@ from morphbox.kernels.quant import DB_MIN, DB_STEP
 MAX_MANIFEST_BYTES = 1 << 20
 #: Deepest nesting of JSON arrays/objects accepted (the default pack's manifest is 5 deep).
 MAX_DEPTH = 16
-#: Most values one grid may hold: ``G * G * anchors * frames * (harmonics + noise_bands)``.
+#: Most values one grid may hold: ``G * G * anchors * frames * channels`` (harmonics +
+#: envelope_bands + noise_bands).
 #: The engine keeps the grid as float32 (4 bytes a value): 64 Mi values are 256 MB, the most a
-#: 1 GB Pi can spare. The default pack's grid is 12.6 M values.
+#: 1 GB Pi can spare. The default pack's grid is 29.7 M values (v3: 120 channels a frame).
 MAX_GRID_VALUES = 64 << 20
 
 _HEX64 = r"[0-9a-f]{64}"
@@ -139,15 +143,25 @@ FIELDS: tuple[Field, ...] = (
     Field("mode", "str", choices=MODES),
     Field("name", "str", 1, 64, required=False, pattern=_TEXT),
     Field("source_sample_rate", "number", 1000, 384000, unit="Hz"),
-    Field("frame_rate", "number", 1, 2000, unit="Hz"),
+    Field("band_limit_hz", "number", 1000, 192000, required=False, unit="Hz"),
     Field("frames", "int", 2, 100_000),
+    Field("frame_times", "list", 2, 100_000,
+          rule="must be the frame times (a list of numbers, s after note-on)"),
+    Field("frame_times[]", "number", 0, 3600, unit="s"),
     Field("harmonics", "int", 1, 4096),
+    Field("envelope_bands", "int", 0, 4096),
     Field("noise_bands", "int", 1, 4096),
+    Field("velocity", "int", 1, 127, unit="MIDI velocity"),
+    Field("velocity_layers", "list", 1, 127),
+    Field("velocity_layers[]", "int", 1, 127, unit="MIDI velocity"),
     Field("grid_size", "int", 2, 64),
     Field("pitch_anchors", "list", 1, 128),
     Field("pitch_anchors[]", "int", 0, 127, unit="MIDI note"),
     Field("loop", "object", rule="must be an object with start and end frames"),
-    Field("loop.style", "str", required=False, choices=("ping-pong",)),
+    Field("loop.style", "str", required=False, choices=("forward",),
+          rule=f"must be \"forward\" (version {FORMAT_VERSIONS[-1]} loops forward, with the "
+               "decay rates)"),
+    Field("loop.crossfade_s", "number", 0, 60, required=False, unit="s"),
     Field("db_quantisation", "object", required=False),
     Field("db_quantisation.min_db", "number", choices=(DB_MIN,), unit="dB"),
     Field("db_quantisation.step_db", "number", choices=(DB_STEP,), unit="dB"),
@@ -155,6 +169,7 @@ FIELDS: tuple[Field, ...] = (
     Field("instruments[]", "object"),
     Field("instruments[].name", "str", 1, 128, pattern=_TEXT),
     Field("instruments[].notes", "list", 0, 1024, required=False),
+    Field("instruments[].gain_db", "number", -240, 240, required=False, unit="dB"),
     Field("instruments[].source", "object", required=False),
     Field("corners", "object", rule="must map NW, NE, SW, SE to instrument indices"),
     *_CORNER_FIELDS,
@@ -201,6 +216,8 @@ MEMBER_VALUES: dict[str, Values] = {
     "instruments_loudness.npy": Values(-240.0, 60.0, "dB"),
     "instruments_pitch_cents.npy": Values(-1200.0, 1200.0, "cents", nan_ok=True),
     "instruments_z_scale.npy": Values(0.0, 1000.0, lo_open=True),
+    "instruments_hold.npy": Values(0.0, 1.0),
+    "grid_hold.npy": Values(0.0, 1.0),
 }
 
 
@@ -367,14 +384,22 @@ def _applies(field: Field, version, mode) -> bool:
 # ---- cross-field rules (each raises SchemaError naming the fields) -------------------------
 
 
-def _version_and_mode(m: dict) -> None:
-    version, mode = m["format_version"], m["mode"]
-    if version == 2 and mode != "neural":
-        raise SchemaError(f"pack format version 2 is for neural packs, but the mode is {mode!r} "
-                          "(a spectral pack is written as version 1)")
-    if version == 1 and mode == "neural":
-        raise SchemaError("a neural pack needs format version 2 (its embeddings and decoder); "
-                          "version 1 cannot describe one")
+def _frame_times(m: dict) -> None:
+    times = m["frame_times"]
+    try:
+        check_frame_times(times)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"frame_times: {exc}") from None
+    if len(times) != m["frames"]:
+        raise SchemaError(f"frame_times has {len(times)} entries, frames is {m['frames']}")
+
+
+def _velocity_layers(m: dict) -> None:
+    layers, vel = m["velocity_layers"], m["velocity"]
+    if any(y <= x for x, y in zip(layers, layers[1:])) or vel not in layers:
+        raise SchemaError(f"velocity_layers must be strictly increasing MIDI velocities "
+                          f"(1..127) that include the pack's velocity {vel!r}, got "
+                          f"{_short(layers)}")
 
 
 def _anchors(m: dict) -> None:
@@ -389,6 +414,9 @@ def _loop(m: dict) -> None:
     if not (type(start) is int and type(end) is int and 0 <= start < end < frames):
         raise SchemaError(f"loop points {start!r}..{end!r} must satisfy 0 <= start < end < "
                           f"frames ({frames})")
+    if loop.get("style") != "forward":
+        raise SchemaError(f"loop.style must be \"forward\" (version {FORMAT_VERSIONS[-1]} loops "
+                          f"forward, with the decay rates), got {loop.get('style')!r}")
 
 
 def _corners(m: dict) -> None:
@@ -419,7 +447,7 @@ def _members(m: dict) -> None:
 
 def _sizes(m: dict) -> None:
     g, a, f = m["grid_size"], len(m["pitch_anchors"]), m["frames"]
-    bins = m["harmonics"] + m["noise_bands"]
+    bins = m["harmonics"] + m["envelope_bands"] + m["noise_bands"]
     values = g * g * a * f * bins
     if values > MAX_GRID_VALUES:
         raise SchemaError(f"grid of {g}x{g} points x {a} anchors x {f} frames x {bins} "
@@ -433,18 +461,24 @@ def _sizes(m: dict) -> None:
 
 
 #: Rules between fields, applied in order after every :data:`FIELDS` row passed.
-CHECKS: tuple[Callable[[dict], None], ...] = (_version_and_mode, _anchors, _loop, _corners,
-                                              _members, _sizes)
+CHECKS: tuple[Callable[[dict], None], ...] = (_frame_times, _velocity_layers, _anchors, _loop,
+                                              _corners, _members, _sizes)
 
 
 def check_manifest(manifest, where: Path | str = "") -> None:
     """Check a parsed manifest against :data:`FIELDS` (type, range, presence; in table order,
-    the first three deciding which rows apply) and :data:`CHECKS`. Raises
+    the first three deciding which rows apply) and :data:`CHECKS`. A pack of a retired format
+    version (1, 2: :data:`morphbox.device.packs.format.RETIRED_VERSIONS`) is refused before
+    anything else, with how to rebuild it. Raises
     :class:`SchemaError` naming the field and the rule, with ``where`` in front."""
     prefix = f"{where}: " if str(where) else ""
     if not isinstance(manifest, dict):
         raise SchemaError(f"{prefix}not a morphbox pack (the manifest is not a JSON object)")
     version, mode = manifest.get("format_version"), manifest.get("mode")
+    if manifest.get("format") == FORMAT and type(version) is int and version in RETIRED_VERSIONS:
+        raise SchemaError(f"{prefix}{RETIRED_VERSIONS[version]}; this morphbox plays format "
+                          f"version {FORMAT_VERSIONS[-1]} (48 kHz, full band, whole notes): "
+                          f"{REBUILD}")
     for f in FIELDS:
         if f.path in ("format", "format_version", "mode"):
             check_field(f, manifest, where)

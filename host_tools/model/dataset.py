@@ -1,20 +1,25 @@
-"""An NSynth-style note dataset stored as analysis features.
+"""An NSynth-style note dataset stored as full-band analysis features.
 
-Notes are rendered from FluidR3_GM (:class:`morphbox.host_tools.sources.SoundFontRenderer`: 4 s at
-16 kHz, held 3 s) for a list of GM programs x pitches x velocities, or loaded from WAV folders
-(:func:`morphbox.host_tools.sources.load_wav_folder`, one folder = one instrument), analysed with
-:func:`morphbox.kernels.analysis.analyze_note` and stored as features only (like a pack; no audio):
+Notes are rendered from FluidR3_GM (:class:`morphbox.host_tools.sources.SoundFontRenderer`:
+4.5 s at 48 kHz, held 4 s) for a list of GM programs x pitches x velocities, or loaded from
+WAV folders (:func:`morphbox.host_tools.sources.load_wav_folder`, one folder = one
+instrument), analysed whole (attack, sustain, release tail) with
+:func:`morphbox.kernels.analysis.analyze_note` at the frame times of
+:func:`morphbox.kernels.features.frame_times` up to ``seconds`` and stored as features only
+(like a pack; no audio). Each instrument's notes share one gain (its loudest note at the
+highest velocity peaks at 0 dBFS), as in a pack: levels across pitch and velocity are kept.
 
 ``out/dataset.json``
-    ``{"format": "morphbox-dataset", "version": 1, "frame_rate", "sample_rate", "frames",
-    "harmonics", "noise_bands", "instruments": [{"name", "source", "split", "notes"}],
-    "shards": [{"file", "notes"}], "skipped": [...], "settings": {...}}``
+    ``{"format": "morphbox-dataset", "version": 2, "frame_times", "sample_rate", "frames",
+    "harmonics", "envelope_bands", "noise_bands", "instruments": [{"name", "source", "split",
+    "notes", "gain_db"}], "shards": [{"file", "notes"}], "skipped": [...], "settings": {...}}``
 ``out/shard-00000.npz`` ...  (``np.load(allow_pickle=False)``), ``M`` notes of ``F`` frames:
 
 =================  ==============  ===================================================
 ``f0_hz``          float32 (M,)    the note's f0, Hz (MIDI pitch, refined by pyin if asked)
 ``loudness_db``    float32 (M, F)  A-weighted loudness, dB
-``harmonics``      uint8 (M, F, K) partial amplitudes, dB codes (:mod:`morphbox.kernels.quant`)
+``harmonics``      uint8 (M, F, K) partial levels, dB codes (:mod:`morphbox.kernels.quant`)
+``envelope``       uint8 (M, F, E) harmonic envelope, dB codes
 ``noise``          uint8 (M, F, B) noise band gains, dB codes
 ``pitch``          int16 (M,)      MIDI pitch
 ``velocity``       int16 (M,)      MIDI velocity
@@ -35,12 +40,20 @@ from pathlib import Path
 
 import numpy as np
 
-from morphbox.kernels.analysis import FRAME_RATE, N_HARMONICS, N_NOISE_BANDS, analyze_note
+from morphbox.kernels.analysis import analyze_note
+from morphbox.kernels.features import (
+    DB_FLOOR,
+    N_ENVELOPE,
+    N_HARMONICS,
+    N_NOISE_BANDS,
+    frame_times,
+    with_gain,
+)
 from morphbox.kernels.pitch import midi_to_hz
-from morphbox.kernels.quant import amplitude_to_db, db_to_amplitude, dequantize_db, quantize_db
+from morphbox.kernels.quant import dequantize_db, quantize_db
 
 FORMAT = "morphbox-dataset"
-VERSION = 1
+VERSION = 2
 SPLITS = ("train", "valid", "test")
 MELODIC_PROGRAMS = tuple(range(0, 112))  # GM programs before percussion / sound effects
 
@@ -56,7 +69,9 @@ class DatasetConfig:
     ``valid_fraction``/``test_fraction`` of the instruments (at least one each when there
     are three or more instruments) go to those splits, chosen by a permutation seeded with
     ``seed``; ``test_instruments`` (names) forces instruments into the test split.
-    ``pitch_check``: refine f0 by pyin (slow; worth it for WAV recordings).
+    ``pitch_check``: refine f0 by pyin (slow; worth it for WAV recordings). ``seconds``: the
+    frames of each note go to there (4.4 s: the note, its release and no silence).
+    ``jobs``: worker processes (0: one per CPU).
     """
 
     programs: tuple = MELODIC_PROGRAMS
@@ -70,7 +85,8 @@ class DatasetConfig:
     shard_notes: int = 512
     pitch_check: bool = False
     soundfont: str | None = None
-    frame_rate: float = FRAME_RATE
+    seconds: float = 4.4
+    jobs: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetConfig:
@@ -88,45 +104,66 @@ class DatasetConfig:
 class Features:
     """Features of ``M`` notes, decoded to physical units (float32).
 
-    ``f0_hz`` (M,), ``loudness_db`` (M, F), ``harmonic_db`` (M, F, K) partial amplitudes in
-    dB (-120 = silent), ``noise_db`` (M, F, B), ``pitch``/``velocity``/``instrument`` (M,).
+    ``f0_hz`` (M,), ``loudness_db`` (M, F), ``harmonic_db`` (M, F, K) partial levels in
+    dB (-120 = silent), ``envelope_db`` (M, F, E), ``noise_db`` (M, F, B),
+    ``pitch``/``velocity``/``instrument`` (M,), ``frame_times`` (F,) s.
     """
 
     f0_hz: np.ndarray
     loudness_db: np.ndarray
     harmonic_db: np.ndarray
+    envelope_db: np.ndarray
     noise_db: np.ndarray
     pitch: np.ndarray
     velocity: np.ndarray
     instrument: np.ndarray
+    frame_times: np.ndarray
 
     def __len__(self) -> int:
         return len(self.f0_hz)
 
-    def controls(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Synthesis controls ``(amplitude (M, F), harmonic_distribution (M, F, K),
-        noise_magnitudes (M, F, B))`` linear float32."""
-        amps = db_to_amplitude(self.harmonic_db)
-        amp = amps.sum(axis=-1)
-        dist = np.divide(amps, amp[..., None], out=np.zeros_like(amps),
-                         where=amp[..., None] > 0)
-        return amp, dist, db_to_amplitude(self.noise_db)
 
+def _instrument_rows(job) -> tuple[list[dict], list[dict], float]:
+    """Render (or load) and analyse one instrument's notes: ``(rows, skipped, gain_db)``,
+    levels normalised per instrument (its loudest note peaks at 0 dBFS), dB codes."""
+    from morphbox.host_tools.sources import SOURCE_SAMPLE_RATE, SoundFontRenderer, SourceError
+    inst, kind, what, config = job
+    times = frame_times(config.seconds)
+    rows, skipped = [], []
 
-def _note_row(audio: np.ndarray, pitch: int, velocity: int, instrument: int,
-              pitch_check: bool, frame_rate: float) -> dict:
-    from morphbox.host_tools.sources import SOURCE_SAMPLE_RATE, pitch_error_cents
-    f0 = float(midi_to_hz(pitch))
-    if pitch_check:
-        cents = pitch_error_cents(audio, SOURCE_SAMPLE_RATE, pitch)
-        if np.isfinite(cents) and abs(cents) < 50:
-            f0 *= 2.0 ** (cents / 1200.0)
-    feats = analyze_note(audio, SOURCE_SAMPLE_RATE, f0, frame_rate)
-    return {"f0_hz": np.float32(f0), "loudness_db": feats.loudness_db,
-            "harmonics": quantize_db(amplitude_to_db(feats.harmonic_amplitudes)),
-            "noise": quantize_db(amplitude_to_db(feats.noise_magnitudes)),
-            "pitch": np.int16(pitch), "velocity": np.int16(velocity),
-            "instrument": np.int32(instrument)}
+    def analyse(audio, pitch, vel, check):
+        f0 = float(midi_to_hz(pitch))
+        if check:
+            from morphbox.host_tools.packbuild import refined_f0
+            f0, _ = refined_f0(audio, SOURCE_SAMPLE_RATE, pitch)
+        feats = analyze_note(audio, SOURCE_SAMPLE_RATE, f0, times)
+        rows.append({"f0_hz": np.float32(f0), "loudness_db": feats.loudness_db,
+                     "harmonics": feats.harmonics_db, "envelope": feats.envelope_db,
+                     "noise": feats.noise_db, "pitch": np.int16(pitch),
+                     "velocity": np.int16(vel), "instrument": np.int32(inst),
+                     "peak": np.float32(np.max(np.abs(audio)))})
+
+    if kind == "sf2":
+        with SoundFontRenderer(config.soundfont) as renderer:
+            for pitch in config.pitches:
+                for vel in config.velocities:
+                    try:
+                        note = renderer.render_note(what, int(pitch), int(vel))
+                    except SourceError as exc:
+                        skipped.append({"instrument": inst, "pitch": int(pitch),
+                                        "velocity": int(vel), "reason": str(exc)})
+                        continue
+                    analyse(note.audio, int(pitch), int(vel), config.pitch_check)
+    else:
+        from morphbox.host_tools.sources import load_wav_folder
+        for note in load_wav_folder(what):
+            analyse(note.audio, note.pitch, note.velocity, True)
+    gain = -20.0 * np.log10(max([float(r.pop("peak")) for r in rows] + [1e-9]))
+    for r in rows:
+        r["loudness_db"] = np.maximum(r["loudness_db"] + np.float32(gain), DB_FLOOR)
+        for key in ("harmonics", "envelope", "noise"):
+            r[key] = quantize_db(with_gain(r[key], gain))
+    return rows, skipped, round(float(gain), 3)
 
 
 def _assign_splits(names: list[str], config: DatasetConfig) -> list[str]:
@@ -164,12 +201,7 @@ def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from morphbox.host_tools.sources import (
-        GM_PROGRAM_NAMES,
-        SoundFontRenderer,
-        SourceError,
-        load_wav_folder,
-    )
+    from morphbox.host_tools.sources import GM_PROGRAM_NAMES, load_wav_folder
 
     out = Path(out)
     bad = [p for p in config.programs if not 0 <= int(p) <= 127]
@@ -179,18 +211,16 @@ def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(
     if (out / "dataset.json").exists():
         (out / "dataset.json").unlink()
     instruments: list[dict] = []
-    jobs: list[tuple] = []  # (instrument index, kind, program or note)
+    jobs: list[tuple] = []  # (instrument index, kind, program or folder)
     for p in config.programs:
         instruments.append({"name": GM_PROGRAM_NAMES[int(p)],
                             "source": {"kind": "soundfont", "program": int(p)}})
-        for pitch in config.pitches:
-            for vel in config.velocities:
-                jobs.append((len(instruments) - 1, "sf2", int(p), int(pitch), int(vel)))
+        jobs.append((len(instruments) - 1, "sf2", int(p)))
     for folder in config.wav_folders:
         notes = load_wav_folder(folder)
         instruments.append({"name": notes[0].instrument,
                             "source": {"kind": "wav_folder", "folder": str(folder)}})
-        jobs += [(len(instruments) - 1, "wav", note) for note in notes]
+        jobs.append((len(instruments) - 1, "wav", str(folder)))
     names = [i["name"] for i in instruments]
     if len(set(names)) != len(names):
         raise DatasetError(f"instrument names must be unique, got {names}")
@@ -198,6 +228,7 @@ def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(
     skipped: list[dict] = []
     shards: list[dict] = []
     counts = [0] * len(instruments)
+    gains = [0.0] * len(instruments)
 
     def flush():
         if not rows:
@@ -210,48 +241,59 @@ def build_dataset(out: str | os.PathLike, config: DatasetConfig = DatasetConfig(
 
     columns = (*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
-    renderer = SoundFontRenderer(config.soundfont) if config.programs else None
-    try:
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("rendering + analysing notes", total=len(jobs))
-            for job in jobs:
-                inst = job[0]
-                if job[1] == "sf2":
-                    _, _, program, pitch, vel = job
-                    try:
-                        note = renderer.render_note(program, pitch, vel)
-                    except SourceError as exc:
-                        skipped.append({"instrument": names[inst], "pitch": pitch,
-                                        "velocity": vel, "reason": str(exc)})
-                        bar.advance(task)
-                        continue
-                    check = config.pitch_check
-                else:
-                    note = job[2]
-                    pitch, vel, check = note.pitch, note.velocity, True
-                rows.append(_note_row(note.audio, pitch, vel, inst, check, config.frame_rate))
-                counts[inst] += 1
-                if len(rows) >= config.shard_notes:
-                    flush()
-                bar.advance(task)
-            flush()
-    finally:
-        if renderer is not None:
-            renderer.close()
+    work = [(i, kind, what, config) for i, kind, what in jobs]
+    workers = config.jobs or os.cpu_count() or 1
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("rendering + analysing instruments", total=len(work))
+        results = _map(work, workers, lambda: bar.advance(task))
+    for inst_rows, inst_skipped, gain in results:
+        skipped += [dict(s, instrument=names[s["instrument"]]) for s in inst_skipped]
+        if not inst_rows:
+            continue
+        inst = int(inst_rows[0]["instrument"])
+        gains[inst] = gain
+        for r in inst_rows:
+            rows.append(r)
+            counts[inst] += 1
+            if len(rows) >= config.shard_notes:
+                flush()
+    flush()
     empty = [names[i] for i, c in enumerate(counts) if c == 0]
     if empty:
         raise DatasetError(f"{out}: no playable note for instrument(s) {empty}")
     splits = _assign_splits(names, config)
-    for inst, split, count in zip(instruments, splits, counts):
-        inst.update(split=split, notes=count)
-    index = {"format": FORMAT, "version": VERSION, "frame_rate": config.frame_rate,
-             "sample_rate": 16000, "frames": int(np.load(out / shards[0]["file"])
-                                                 ["loudness_db"].shape[1]),
-             "harmonics": N_HARMONICS, "noise_bands": N_NOISE_BANDS,
+    for inst, split, count, gain in zip(instruments, splits, counts, gains):
+        inst.update(split=split, notes=count, gain_db=gain)
+    times = frame_times(config.seconds)
+    index = {"format": FORMAT, "version": VERSION,
+             "frame_times": [round(float(t), 6) for t in times],
+             "sample_rate": 48000, "frames": len(times),
+             "harmonics": N_HARMONICS, "envelope_bands": N_ENVELOPE,
+             "noise_bands": N_NOISE_BANDS,
              "instruments": instruments, "shards": shards, "skipped": skipped,
              "settings": {k: list(v) if isinstance(v, tuple) else v
                           for k, v in asdict(config).items()}}
     (out / "dataset.json").write_text(json.dumps(index, indent=1))
+    return out
+
+
+def _map(work: list, workers: int, advance) -> list:
+    """``_instrument_rows`` over ``work`` in ``workers`` processes (spawned: see
+    :func:`morphbox.host_tools.packbuild.build_pack`), in order."""
+    if workers <= 1 or len(work) <= 1:
+        out = []
+        for w in work:
+            out.append(_instrument_rows(w))
+            advance()
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    out: list = [None] * len(work)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_instrument_rows, w): i for i, w in enumerate(work)}
+        for fut in as_completed(futures):
+            out[futures[fut]] = fut.result()
+            advance()
     return out
 
 
@@ -291,6 +333,8 @@ def load_split(path: str | os.PathLike, split: str) -> Features:
     return Features(f0_hz=arrays["f0_hz"].astype(np.float32),
                     loudness_db=arrays["loudness_db"].astype(np.float32),
                     harmonic_db=dequantize_db(arrays["harmonics"]),
+                    envelope_db=dequantize_db(arrays["envelope"]),
                     noise_db=dequantize_db(arrays["noise"]),
                     pitch=arrays["pitch"], velocity=arrays["velocity"],
-                    instrument=arrays["instrument"])
+                    instrument=arrays["instrument"],
+                    frame_times=np.asarray(index["frame_times"], np.float64))

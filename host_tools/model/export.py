@@ -3,9 +3,10 @@
 One ``.tflite`` file holds named signatures (a subset of):
 
 * ``decode``: inputs ``z`` ``(B, T, 16)``, ``f0_midi`` ``(B, T)``, ``loudness_db`` ``(B, T)``;
-  outputs ``amplitude_db`` ``(B, T)``, ``harmonic_db`` ``(B, T, 64)``, ``noise_db`` ``(B, T, 32)``
+  outputs ``amplitude_db`` ``(B, T)``, ``harmonic_db`` ``(B, T, 64)``, ``envelope_db``
+  ``(B, T, 24)``, ``noise_db`` ``(B, T, 32)``
 * ``encode``: inputs ``f0_midi``, ``loudness_db`` ``(B, T)``, ``harmonic_db`` ``(B, T, 64)``,
-  ``noise_db`` ``(B, T, 32)``; output ``z`` ``(B, T, 16)``
+  ``envelope_db`` ``(B, T, 24)``, ``noise_db`` ``(B, T, 32)``; output ``z`` ``(B, T, 16)``
 
 (units: :mod:`morphbox.host_tools.model.network`). ``B`` and ``T`` are dynamic (-1 in the shape
 signature); the runtime resizes inputs per call. Converted models reorder inputs and lose
@@ -53,11 +54,12 @@ def _module(encoder, decoder, signatures):
     import tensorflow as tf
 
     cfg_z = decoder.inputs[0].shape[-1]
-    n_h, n_b = encoder.inputs[2].shape[-1], encoder.inputs[3].shape[-1]
+    n_h, n_e, n_b = (encoder.inputs[i].shape[-1] for i in (2, 3, 4))
     spec = {"z": tf.TensorSpec([None, None, cfg_z], tf.float32, name="z"),
             "f0_midi": tf.TensorSpec([None, None], tf.float32, name="f0_midi"),
             "loudness_db": tf.TensorSpec([None, None], tf.float32, name="loudness_db"),
             "harmonic_db": tf.TensorSpec([None, None, n_h], tf.float32, name="harmonic_db"),
+            "envelope_db": tf.TensorSpec([None, None, n_e], tf.float32, name="envelope_db"),
             "noise_db": tf.TensorSpec([None, None, n_b], tf.float32, name="noise_db")}
     module = tf.Module()
     module.encoder, module.decoder = encoder, decoder
@@ -68,9 +70,10 @@ def _module(encoder, decoder, signatures):
         return {k: tf.identity(v, name=k) for k, v in out.items()}
 
     @tf.function(input_signature=[spec[k] for k in ENCODE_INPUTS])
-    def encode(f0_midi, loudness_db, harmonic_db, noise_db):
+    def encode(f0_midi, loudness_db, harmonic_db, envelope_db, noise_db):
         out = encoder({"f0_midi": f0_midi, "loudness_db": loudness_db,
-                       "harmonic_db": harmonic_db, "noise_db": noise_db})
+                       "harmonic_db": harmonic_db, "envelope_db": envelope_db,
+                       "noise_db": noise_db})
         return {"z": tf.identity(out["z"], name="z")}
 
     # Freeze the weights into constants: a saved model with shared variables converts to
@@ -108,6 +111,7 @@ def representative_samples(encoder, feats, n: int = 64, frames: int = 50, seed: 
         enc = {"f0_midi": np.full((1, frames), hz_to_midi(feats.f0_hz[i]), np.float32),
                "loudness_db": feats.loudness_db[i:i + 1, s:s + frames].astype(np.float32),
                "harmonic_db": feats.harmonic_db[i:i + 1, s:s + frames].astype(np.float32),
+               "envelope_db": feats.envelope_db[i:i + 1, s:s + frames].astype(np.float32),
                "noise_db": feats.noise_db[i:i + 1, s:s + frames].astype(np.float32)}
         z = np.asarray(encoder(enc)["z"], np.float32)
         out.append(("encode", enc))

@@ -6,21 +6,25 @@ stacks of *causal* dilated Conv1D layers with residual connections (no GRU: REFE
 Keras GRU needs a fixed batch and crashed int8 calibration), so a frame's output depends only
 on the current and past frames and the whole thing converts to full-integer int8 TFLite.
 
-Frames are the analysis frames of :mod:`morphbox.kernels.analysis` (50 per second at 16 kHz).
+Frames are the analysis frames of :mod:`morphbox.kernels.analysis` (the layout of
+:mod:`morphbox.kernels.features`: 250 per second over the attack, then 50).
 
-Encoder ``encode(f0_midi, loudness_db, harmonic_db, noise_db) -> z``:
+Encoder ``encode(f0_midi, loudness_db, harmonic_db, envelope_db, noise_db) -> z``:
 
 * ``f0_midi`` ``(B, T)`` fractional MIDI pitch, ``loudness_db`` ``(B, T)`` A-weighted dB,
-* ``harmonic_db`` ``(B, T, 64)`` partial amplitudes (amplitude x distribution) in dB,
+* ``harmonic_db`` ``(B, T, 64)`` partial levels in dB,
+* ``envelope_db`` ``(B, T, 24)`` the harmonic envelope (partials above the 64th) in dB,
 * ``noise_db`` ``(B, T, 32)`` noise band gains in dB (the pack's dB values, floor -120),
 * ``z`` ``(B, T, 16)`` in -1..1 (tanh), one per frame.
 
-Decoder ``decode(z, f0_midi, loudness_db) -> amplitude_db, harmonic_db, noise_db``: each head
-is a sigmoid scaled to its range in :mod:`morphbox.kernels.synth` (``AMPLITUDE_DB_RANGE`` etc.), so
-int8 outputs keep ~0.5 dB resolution over the whole range. This is a "normalised sigmoid"
-harmonic distribution in the dB domain: :func:`morphbox.kernels.synth.controls_from_db` (numpy) and
-:func:`controls_from_db` (TF) normalise it. A softmax was not used because an int8 softmax
-output (scale 1/256) would flush every partial more than ~48 dB below the strongest to zero.
+Decoder ``decode(z, f0_midi, loudness_db) -> amplitude_db, harmonic_db, envelope_db,
+noise_db``: each head is a sigmoid scaled to its range in :mod:`morphbox.kernels.synth`
+(``AMPLITUDE_DB_RANGE`` etc.), so int8 outputs keep ~0.5 dB resolution over the whole range.
+``amplitude_db`` is the sum of the 64 partials' amplitudes, ``harmonic_db`` their "normalised
+sigmoid" distribution in the dB domain (:func:`controls_from_db` and
+:func:`morphbox.device.engine.corners.decode_grid` normalise it), ``envelope_db`` relative to
+``amplitude_db``. A softmax was not used because an int8 softmax output (scale 1/256) would
+flush every partial more than ~48 dB below the strongest to zero.
 
 Inputs are in physical units (MIDI pitch, dB) and scaled inside the models by constant
 affine maps (int8-friendly), so callers never need the training statistics.
@@ -33,15 +37,21 @@ from dataclasses import asdict, dataclass
 import keras
 import tensorflow as tf
 
-from morphbox.kernels.synth import AMPLITUDE_DB_RANGE, HARMONIC_DB_RANGE, NOISE_DB_RANGE
+from morphbox.kernels.synth import (
+    AMPLITUDE_DB_RANGE,
+    ENVELOPE_DB_RANGE,
+    HARMONIC_DB_RANGE,
+    NOISE_DB_RANGE,
+)
 
 Z_DIMS = 16
 N_HARMONICS = 64
+N_ENVELOPE = 24
 N_NOISE_BANDS = 32
 DB_FLOOR = -120.0
 DECODE_INPUTS = ("z", "f0_midi", "loudness_db")
-DECODE_OUTPUTS = ("amplitude_db", "harmonic_db", "noise_db")
-ENCODE_INPUTS = ("f0_midi", "loudness_db", "harmonic_db", "noise_db")
+DECODE_OUTPUTS = ("amplitude_db", "harmonic_db", "envelope_db", "noise_db")
+ENCODE_INPUTS = ("f0_midi", "loudness_db", "harmonic_db", "envelope_db", "noise_db")
 ENCODE_OUTPUTS = ("z",)
 
 
@@ -52,6 +62,7 @@ class ModelConfig:
 
     z_dims: int = Z_DIMS
     harmonics: int = N_HARMONICS
+    envelope_bands: int = N_ENVELOPE
     noise_bands: int = N_NOISE_BANDS
     encoder_channels: int = 64
     encoder_layers: int = 3
@@ -101,16 +112,18 @@ def build_encoder(config: ModelConfig = ModelConfig()) -> keras.Model:
     f0 = keras.Input((None,), name="f0_midi")
     loud = keras.Input((None,), name="loudness_db")
     harm = keras.Input((None, config.harmonics), name="harmonic_db")
+    env = keras.Input((None, config.envelope_bands), name="envelope_db")
     noise = keras.Input((None, config.noise_bands), name="noise_db")
     x = keras.layers.Concatenate(name="enc_features")([
         _scale(_expand(f0, "enc_f0_x"), 0.0, 127.0, "enc_f0"),
         _scale(_expand(loud, "enc_loud_x"), DB_FLOOR, 0.0, "enc_loud"),
         _scale(harm, DB_FLOOR, 0.0, "enc_harm"),
+        _scale(env, DB_FLOOR, 0.0, "enc_env"),
         _scale(noise, DB_FLOOR, 0.0, "enc_noise"),
     ])
     x = _conv_stack(x, config.encoder_channels, config.encoder_layers, config, "enc")
     z = keras.layers.Dense(config.z_dims, activation="tanh", name="z")(x)
-    return keras.Model([f0, loud, harm, noise], {"z": z}, name="encoder")
+    return keras.Model([f0, loud, harm, env, noise], {"z": z}, name="encoder")
 
 
 def build_decoder(config: ModelConfig = ModelConfig()) -> keras.Model:
@@ -127,21 +140,23 @@ def build_decoder(config: ModelConfig = ModelConfig()) -> keras.Model:
     amp = _db_head(x, 1, AMPLITUDE_DB_RANGE, "amplitude_db_x")
     amp = keras.layers.Reshape((-1,), name="amplitude_db")(amp)
     harm = _db_head(x, config.harmonics, HARMONIC_DB_RANGE, "harmonic_db")
+    env = _db_head(x, config.envelope_bands, ENVELOPE_DB_RANGE, "envelope_db")
     noise = _db_head(x, config.noise_bands, NOISE_DB_RANGE, "noise_db")
     return keras.Model([z, f0, loud],
-                       {"amplitude_db": amp, "harmonic_db": harm, "noise_db": noise},
-                       name="decoder")
+                       {"amplitude_db": amp, "harmonic_db": harm, "envelope_db": env,
+                        "noise_db": noise}, name="decoder")
 
 
-def controls_from_db(outputs: dict) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Decoder outputs -> ``(amplitude (B, T), harmonic_distribution (B, T, K),
-    noise_magnitudes (B, T, N))`` linear; TF twin of
-    :func:`morphbox.kernels.synth.controls_from_db`."""
+def frames_from_outputs(outputs: dict):
+    """Decoder outputs -> ``(partials (B, T, K), envelope (B, T, E), noise (B, T, B'))`` dB,
+    the layout of the features (TF twin of :func:`morphbox.device.engine.corners.decode_grid`):
+    partial k = amplitude + harmonic_db_k - 20 log10(sum_j 10^(harmonic_db_j / 20)),
+    envelope = amplitude + envelope_db."""
+    h = outputs["harmonic_db"]
+    amp = outputs["amplitude_db"][..., None]
     ln10_20 = tf.math.log(10.0) / 20.0
-    amp = tf.exp(outputs["amplitude_db"] * ln10_20)
-    rel = tf.exp(outputs["harmonic_db"] * ln10_20)
-    dist = rel / tf.reduce_sum(rel, axis=-1, keepdims=True)
-    return amp, dist, tf.exp(outputs["noise_db"] * ln10_20)
+    total = tf.reduce_logsumexp(h * ln10_20, axis=-1, keepdims=True) / ln10_20
+    return amp + h - total, amp + outputs["envelope_db"], outputs["noise_db"]
 
 
 def count_params(model: keras.Model) -> int:

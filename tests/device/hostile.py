@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from morphbox.device.packs.archive import key_id, public_raw, write_raw_archive
+from morphbox.device.packs.format import FORMAT_VERSION
 
 # ---- packs ---------------------------------------------------------------------------------
 
@@ -39,10 +40,12 @@ def hostile_manifests(manifest: dict) -> dict[str, bytes]:
 
     deep = dict(manifest, provenance="@DEEP@")
     anchors = manifest["pitch_anchors"]
+    times = list(manifest["frame_times"])
     return {
-        "frame_rate NaN": edit(frame_rate=float("nan")),
-        "frame_rate Infinity": edit(frame_rate=float("inf")),
-        "frame_rate 1e308": edit(frame_rate=1e308),
+        "frame_times NaN": edit(frame_times=[float("nan")] + times[1:]),
+        "frame_times Infinity": edit(frame_times=times[:-1] + [float("inf")]),
+        "frame_times 1e308": edit(frame_times=times[:-1] + [1e308]),
+        "velocity 1e308": edit(velocity=1e308),
         "source_sample_rate 1e-300": edit(source_sample_rate=1e-300),
         "source_sample_rate NaN": edit(source_sample_rate=float("nan")),
         "pitch anchors 1e18 apart": edit(pitch_anchors=[a * 10**18 for a in anchors]),
@@ -61,7 +64,7 @@ def signed_archive(out: Path, key, pack: Path, manifest: bytes | None = None,
     datas = [manifest if manifest is not None else (pack / "manifest.json").read_bytes()]
     datas += [(pack / n).read_bytes() for n in members]
     names = ["manifest.json"] + members
-    header = {"pack_format": "morphbox-pack", "pack_format_version": 1,
+    header = {"pack_format": "morphbox-pack", "pack_format_version": FORMAT_VERSION,
               "name": name or pack.name, "key_id": key_id(public_raw(key)), "created": "now",
               "tool": "hostile", "members": [
                   {"name": n, "bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()}
@@ -72,7 +75,8 @@ def signed_archive(out: Path, key, pack: Path, manifest: bytes | None = None,
 def oversized_header_archive(out: Path, key, claimed: int) -> bytes:
     """The signed head of an archive whose header promises ``claimed`` bytes of members (the
     members never follow): a chunked upload of it is refused from the header alone."""
-    header = {"pack_format": "morphbox-pack", "pack_format_version": 1, "name": "big",
+    header = {"pack_format": "morphbox-pack", "pack_format_version": FORMAT_VERSION,
+              "name": "big",
               "key_id": key_id(public_raw(key)), "created": "now", "tool": "hostile",
               "members": [{"name": "manifest.json", "bytes": 1000, "sha256": "0" * 64},
                           {"name": "grid_harmonics.npy", "bytes": claimed,

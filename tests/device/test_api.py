@@ -64,7 +64,7 @@ def test_status_and_list_are_open(box):
     st, body = box["api"]("GET", "/api/status", token=None)
     assert st == 200
     assert body["active"] == box["first"] and body["pack"] == "p120"
-    assert body["pack_format_versions"] == [1, 2] and body["archive_version"] == 1
+    assert body["pack_format_versions"] == [3] and body["archive_version"] == 1
     assert body["audio"]["errors"] == 0 and body["corners"]["NW"] == "p120-inst0"
     st, packs = box["api"]("GET", "/api/packs", token=None)
     assert st == 200 and [p["id"] for p in packs] == [BUILTIN, box["first"]]
@@ -211,10 +211,12 @@ def test_parse_bind():
 
 
 def _silent_pack(path):
-    """A pack that verifies but plays nothing: every partial and band is code 0."""
+    """A pack that verifies but plays nothing: every partial and band is code 0 (no velocity
+    layer lifts it)."""
     from morphbox.device.packs.format import load_pack, write_pack
     src = load_pack(small_pack(path.with_name(path.name + "-src"), "silent"))
-    arrays = {k: (v * 0 if v.dtype == np.uint8 else v) for k, v in src.arrays.items()}
+    arrays = {k: (v * 0 if v.dtype in (np.uint8, np.int8) else v)
+              for k, v in src.arrays.items()}
     manifest = {k: v for k, v in src.manifest.items()
                 if k not in ("members", "format", "format_version")}
     return write_pack(path, manifest, arrays)
@@ -332,6 +334,9 @@ def test_answers_carry_page_security_headers_and_check_the_host(hostile_box):
         assert r.headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
+        # token-dependent answers are never cached by the browser
+        if path.startswith("/api/"):
+            assert r.headers.get("cache-control") == "no-store", path
     assert raw_http(t.port, "GET", "/nope").status == 404
     for host in (b"127.0.0.1", b"localhost:8750", b"[::1]:8750", b"LOCALHOST."):
         assert raw_http(t.port, "GET", "/api/status", host=host).status == 200, host

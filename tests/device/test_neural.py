@@ -62,18 +62,21 @@ def test_device_module_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
 
 
-def test_decoder_matches_keras_and_makes_controls(models):
+def test_decoder_matches_keras_and_makes_frames(models):
     ref = np.load(models / "expected.npz")
     dec = NeuralDecoder(models / "decoder.tflite")
-    assert (dec.z_dims, dec.harmonics, dec.noise_bands) == (16, 64, 32)
+    assert (dec.z_dims, dec.harmonics, dec.envelope_bands, dec.noise_bands) == (16, 64, 24, 32)
     raw = dec.decode_db(ref["z"], ref["f0"], ref["loud"])
-    for k in ("amplitude_db", "harmonic_db", "noise_db"):
+    for k in ("amplitude_db", "harmonic_db", "envelope_db", "noise_db"):
         np.testing.assert_allclose(raw[k], ref[k], atol=1e-3)
-    c = dec.decode(ref["z"], ref["f0"], ref["loud"])
-    assert c.amplitude.shape == (2, 30) and c.noise_magnitudes.shape == (2, 30, 32)
-    np.testing.assert_allclose(c.harmonic_distribution.sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(20 * np.log10(c.amplitude), ref["amplitude_db"], atol=1e-3)
-    assert c.harmonic_amplitudes.shape == (2, 30, 64)
+    frames = dec.decode_frames(ref["z"], ref["f0"], ref["loud"])
+    assert frames.shape == (2, 30, 64 + 24 + 32) and frames.dtype == np.float32
+    # the partials are amplitude x distribution: they sum (linearly) to the amplitude
+    partials = 10 ** (frames[..., :64].astype(np.float64) / 20)
+    np.testing.assert_allclose(20 * np.log10(partials.sum(-1)), ref["amplitude_db"], atol=1e-3)
+    np.testing.assert_allclose(frames[..., 64:88], ref["envelope_db"]
+                               + ref["amplitude_db"][..., None], atol=1e-3)
+    np.testing.assert_allclose(frames[..., 88:], ref["noise_db"], atol=1e-3)
     # one note without a batch axis, and another length (the runner resizes)
     one = dec.decode_db(ref["z"][1, :7], ref["f0"][1, :7], ref["loud"][1, :7])
     np.testing.assert_allclose(one["harmonic_db"], ref["harmonic_db"][1, :7], atol=1e-3)
@@ -99,11 +102,11 @@ def test_decoder_refuses_bad_inputs(models):
     dec = NeuralDecoder(models / "decoder.tflite")
     z = np.zeros((1, 10, 16), np.float32)
     with pytest.raises(ValueError, match="expected z"):
-        dec.decode(np.zeros((1, 10, 8)), np.full((1, 10), 220.0), np.zeros((1, 10)))
+        dec.decode_frames(np.zeros((1, 10, 8)), np.full((1, 10), 220.0), np.zeros((1, 10)))
     with pytest.raises(ValueError, match="expected z"):
-        dec.decode(z, np.full((1, 9), 220.0), np.zeros((1, 10)))
+        dec.decode_frames(z, np.full((1, 9), 220.0), np.zeros((1, 10)))
     with pytest.raises(ValueError, match="positive"):
-        dec.decode(z, np.zeros((1, 10)), np.zeros((1, 10)))
+        dec.decode_frames(z, np.zeros((1, 10)), np.zeros((1, 10)))
 
 
 # ------------------------------------------------------------------------------ shipped files
@@ -116,8 +119,9 @@ def test_shipped_default_model_is_small_complete_and_in_the_default_pack():
     f32 = DEFAULT_MODEL.with_name("default_f32.tflite")
     assert DEFAULT_MODEL.stat().st_size <= 2_000_000
     for path in (DEFAULT_MODEL, f32):
-        dec = NeuralDecoder(path)  # decode signature, 16 z dims, 64 partials, 32 bands
-        assert (dec.z_dims, dec.harmonics, dec.noise_bands) == (16, 64, 32)
+        dec = NeuralDecoder(path)  # decode signature, 16 z dims, 64 partials, 24 + 32 bands
+        assert (dec.z_dims, dec.harmonics, dec.envelope_bands, dec.noise_bands) == \
+            (16, 64, 24, 32)
         from ai_edge_litert.interpreter import Interpreter
         assert sorted(Interpreter(model_path=str(path)).get_signature_list()) == \
             ["decode", "encode"]
@@ -132,14 +136,14 @@ def test_shipped_int8_decoder_tracks_float32_on_the_default_pack():
     from morphbox.device.packs.format import DEFAULT_MODEL, load_pack
     from morphbox.kernels.pitch import midi_to_hz
     pack = load_pack("device/packs/default")
-    z = pack.z_corners(list(range(len(pack.instrument_names)))).reshape(-1, 81, 16)
-    loud = pack.arrays["instruments_loudness"].reshape(-1, 81)
+    n = pack.manifest["frames"]
+    z = pack.z_corners(list(range(len(pack.instrument_names)))).reshape(-1, n, 16)
+    loud = pack.arrays["instruments_loudness"].reshape(-1, n)
     anchors = np.array(pack.manifest["pitch_anchors"], np.float64)
     f0 = np.broadcast_to(midi_to_hz(anchors)[None, :, None],
-                         (len(pack.instrument_names), len(anchors), 81)).reshape(-1, 81)
-    outs = [NeuralDecoder(p).decode(z, f0, loud).harmonic_amplitudes
-            for p in (DEFAULT_MODEL.with_name("default_f32.tflite"), DEFAULT_MODEL)]
-    db = [20 * np.log10(np.maximum(o, 1e-6)) for o in outs]
+                         (len(pack.instrument_names), len(anchors), n)).reshape(-1, n)
+    db = [NeuralDecoder(p).decode_frames(z, f0, loud)[..., :64]
+          for p in (DEFAULT_MODEL.with_name("default_f32.tflite"), DEFAULT_MODEL)]
     audible = db[0] > db[0].max(axis=-1, keepdims=True) - 60
     diff = np.abs(db[1] - db[0])[audible].mean()
     assert 0 < diff < 4.0, diff

@@ -30,7 +30,9 @@ from morphbox.kernels.quant import dequantize_db
 # ------------------------------------------------------------------------------------------
 # helpers
 
-DIMS = {"instruments": 4, "anchors": 2, "frames": 6, "harmonics": 5, "noise_bands": 3, "grid": 3}
+DIMS = {"instruments": 4, "anchors": 2, "frames": 6, "harmonics": 5, "envelope_bands": 2,
+        "noise_bands": 3, "grid": 3, "layers": 2, "rates": 2}
+DIMS["channels"] = DIMS["harmonics"] + DIMS["envelope_bands"] + DIMS["noise_bands"]
 
 
 def tiny_pack_parts(seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
@@ -42,12 +44,15 @@ def tiny_pack_parts(seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
         "instruments": [{"name": f"inst{i}"} for i in range(d["instruments"])],
         "pitch_anchors": [48, 60],
         "frames": d["frames"],
+        "frame_times": [0.0, 0.004, 0.008, 0.1, 0.12, 0.14],
         "harmonics": d["harmonics"],
+        "envelope_bands": d["envelope_bands"],
         "noise_bands": d["noise_bands"],
         "grid_size": d["grid"],
-        "frame_rate": 50.0,
-        "source_sample_rate": 16000,
-        "loop": {"start": 2, "end": 5, "style": "ping-pong"},
+        "source_sample_rate": 48000,
+        "velocity": 100,
+        "velocity_layers": [40, 100],
+        "loop": {"start": 2, "end": 5, "style": "forward", "crossfade_s": 0.02},
         "corners": {"NW": 0, "NE": 1, "SW": 2, "SE": 3},
     }
     rng = np.random.default_rng(seed)
@@ -56,6 +61,10 @@ def tiny_pack_parts(seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
         shape = tuple(d[x] for x in dims)
         if dtype == "uint8":
             arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif dtype == "int8":
+            arr = rng.integers(-128, 128, shape, dtype=np.int8)
+        elif member.endswith("_hold.npy"):  # a fraction: 1 holds, 0 loops
+            arr = rng.random(shape).astype(dtype)
         else:
             arr = rng.standard_normal(shape).astype(dtype)
         arrays[member[:-4]] = arr
@@ -100,8 +109,9 @@ def default_pack() -> pk.Pack:
 def test_default_pack_manifest(default_pack):
     m = default_pack.manifest
     assert m["format"] == pk.FORMAT == "morphbox-pack"
-    # the shipped pack is neural (issue 3): embeddings + the default decoder, corners anchored
-    assert m["format_version"] == pk.NEURAL_FORMAT_VERSION == 2
+    # the shipped pack is neural (issue 3): embeddings + the default decoder, corners anchored;
+    # full band (issue 11): format 3
+    assert m["format_version"] == pk.FORMAT_VERSION == 3
     assert m["mode"] == "neural"
     assert m["neural_grid"] == {"anchor_corners": True}
     assert m["model"]["sha256"] == hashlib.sha256(pk.DEFAULT_MODEL.read_bytes()).hexdigest()
@@ -114,7 +124,9 @@ def test_default_pack_manifest(default_pack):
     anchors = m["pitch_anchors"]
     assert anchors == sorted(set(anchors))
     assert 0 <= m["loop"]["start"] < m["loop"]["end"] < m["frames"]
-    assert m["frame_rate"] > 0 and m["source_sample_rate"] > 0
+    assert m["source_sample_rate"] == 48000 and len(m["frame_times"]) == m["frames"]
+    assert m["frame_times"][-1] >= 2.0  # whole notes, not 1.6 s
+    assert 100 in m["velocity_layers"] and len(m["velocity_layers"]) >= 2
     assert m["grid_size"] >= 2
     assert set(m["members"]) == set(MEMBERS) | set(pk.NEURAL_MEMBERS) | {pk.DECODER}
     for name, meta in m["members"].items():
@@ -136,6 +148,7 @@ def test_default_pack_arrays(default_pack):
     g, f, k, b = m["grid_size"], m["frames"], m["harmonics"], m["noise_bands"]
     assert default_pack.arrays["grid_harmonics"].shape == (g, g, n_anchor, f, k)
     assert default_pack.arrays["grid_noise"].shape == (g, g, n_anchor, f, b)
+    assert default_pack.arrays["grid_envelope"].shape == (g, g, n_anchor, f, 24)
     assert default_pack.arrays["instruments_harmonics"].shape == (n_inst, n_anchor, f, k)
     assert np.isfinite(default_pack.arrays["instruments_loudness"]).all()
     # not an empty pack: the instruments actually have partials
@@ -147,7 +160,7 @@ def test_default_pack_grid_corners_are_the_corner_instruments(default_pack):
     where = {"NW": (0, 0), "NE": (0, last), "SW": (last, 0), "SE": (last, last)}
     for corner, inst in default_pack.corners.items():
         iy, ix = where[corner]
-        for part in ("harmonics", "noise"):
+        for part in ("harmonics", "envelope", "noise", "decay", "velocity", "hold"):
             np.testing.assert_array_equal(default_pack.arrays[f"grid_{part}"][iy, ix],
                                           default_pack.arrays[f"instruments_{part}"][inst])
 
@@ -156,11 +169,13 @@ def test_default_grid(default_pack):
     g = grid_from_pack(default_pack)
     m = default_pack.manifest
     size, n_a, n_f = m["grid_size"], len(m["pitch_anchors"]), m["frames"]
-    k, b = m["harmonics"], m["noise_bands"]
-    assert g.frames_db.shape == (size, size, n_a, n_f, k + b)
+    k, e, b = m["harmonics"], m["envelope_bands"], m["noise_bands"]
+    assert g.frames_db.shape == (size, size, n_a, n_f, k + e + b)
     assert g.frames_db.dtype == np.float32
-    assert (g.size, g.n_frames, g.n_harmonics, g.n_noise_bands) == (size, n_f, k, b)
+    assert (g.size, g.n_frames, g.n_harmonics, g.n_envelope, g.n_noise_bands) == \
+        (size, n_f, k, e, b)
     assert g.harmonics_db.shape == (size, size, n_a, n_f, k)
+    assert g.envelope_db.shape == (size, size, n_a, n_f, e)
     assert g.noise_db.shape == (size, size, n_a, n_f, b)
     # views into the one array, not copies
     assert np.shares_memory(g.harmonics_db, g.frames_db)
@@ -171,7 +186,11 @@ def test_default_grid(default_pack):
     np.testing.assert_array_equal(g.anchors, m["pitch_anchors"])
     assert g.anchors.dtype == np.int64
     assert (g.loop_start, g.loop_end) == (m["loop"]["start"], m["loop"]["end"])
-    assert g.frame_rate == m["frame_rate"] and g.source_rate == m["source_sample_rate"]
+    np.testing.assert_array_equal(g.frame_times, m["frame_times"])
+    assert g.source_rate == m["source_sample_rate"]
+    assert g.decay_db.shape == (size, size, n_a, 2, k + e + b) and g.decay_db.max() <= 0.0
+    assert g.velocity_db.shape == (size, size, n_a, len(m["velocity_layers"]), k + e + b)
+    assert g.hold.shape == (size, size, n_a) and 0 <= g.hold.min() <= g.hold.max() <= 1
     assert g.name == "default"
     assert g.frames_db.min() >= -120.0 and g.frames_db.max() <= 7.5
 
@@ -221,8 +240,10 @@ def test_tiny_grid_from_pack(tiny):
     g = grid_from_pack(load_pack(tiny))
     d = DIMS
     assert g.frames_db.shape == (d["grid"], d["grid"], d["anchors"], d["frames"],
-                                 d["harmonics"] + d["noise_bands"])
+                                 d["channels"])
     assert (g.loop_start, g.loop_end, g.name) == (2, 5, "tiny")
+    np.testing.assert_array_equal(g.velocity_layers, [40, 100])
+    assert g.decay_db.shape == (d["grid"], d["grid"], d["anchors"], 2, d["channels"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -274,7 +295,7 @@ def test_member_missing_from_manifest_is_refused(tiny):
     assert "instruments_pitch_cents.npy" in msg and "lacks" in msg
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [4, 0, "1", None])
 def test_unknown_format_version_is_refused(tiny, version):
     m = read_manifest(tiny)
     if version is None:
@@ -287,6 +308,18 @@ def test_unknown_format_version_is_refused(tiny, version):
         assert "format_version is missing" in msg
     else:
         assert "format version" in msg and repr(version) in msg
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_format_pack_is_refused_with_how_to_rebuild_it(tiny, version):
+    """Packs from before full-band sound (16 kHz, 64 partials, 1.6 s notes) cannot play the
+    new engine; the message says what they are and how to rebuild them."""
+    m = read_manifest(tiny)
+    m["format_version"] = version
+    write_manifest(tiny, m)
+    msg = refusal(tiny)
+    assert f"version {version}" in msg and "16 kHz" in msg
+    assert "morphbox pack build" in msg and "format version 3" in msg
 
 
 def test_wrong_format_is_refused(tiny):
@@ -390,7 +423,15 @@ def test_loop_points_out_of_range_are_refused(tiny, loop):
     ("mode", "granular", 'mode must be a string (one of "spectral", "neural")'),
     ("frames", 0, "frames must be an integer in 2..100000, got 0"),
     ("grid_size", "big", "grid_size must be an integer"),
-    ("frame_rate", -50.0, "frame_rate must be a number in 1..2000 (Hz), got -50.0"),
+    ("frame_times", [0.0, 0.1, 0.05, 0.2, 0.3, 0.4], "strictly increasing"),
+    ("frame_times", [0.0, 0.1], "frame_times has 2 entries"),
+    ("frame_times", "fast", "frame_times must be the frame times"),
+    ("frame_times", [0.0, 0.1, float("nan"), 0.2, 0.3, 0.4], "NaN is not a number JSON allows"),
+    ("velocity_layers", [100, 40], "velocity_layers must be"),
+    ("velocity_layers", [40, 90], "velocity_layers must be"),
+    ("velocity_layers", [0, 100], "velocity_layers[0] must be an integer in 1..127"),
+    ("loop", {"start": 1, "end": 3, "style": "ping-pong"}, 'loop.style must be "forward"'),
+    ("envelope_bands", -1, "envelope_bands must be an integer in 0..4096"),
     ("source_sample_rate", "16k", "source_sample_rate must be a number in 1000..384000"),
     ("pitch_anchors", [60, 48], "strictly increasing"),
     ("corners", {"NW": 0, "NE": 1, "SW": 2, "SE": 9}, "corners must map"),

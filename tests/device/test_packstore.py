@@ -331,7 +331,7 @@ def test_any_exception_while_proving_a_pack_falls_back(setup):
     assert "OverflowError" not in rec[0] and "int too large" in rec[0] and "recursion" in rec[1]
 
 
-def test_a_planted_pack_with_a_nan_frame_rate_is_skipped_at_start(setup):
+def test_a_planted_pack_with_a_nan_sample_rate_is_skipped_at_start(setup):
     """A pack that got onto the disk by another way than install (an older version, a hand
     copy) and breaks the schema never boots."""
     store, _, arcs = setup
@@ -339,7 +339,9 @@ def test_a_planted_pack_with_a_nan_frame_rate_is_skipped_at_start(setup):
     store.activate(a)
     store.activate(b)
     m = store.pack_path(b) / "manifest.json"
-    m.write_text(m.read_text().replace('"frame_rate": 50', '"frame_rate": NaN'))
+    text = m.read_text()
+    assert '"source_sample_rate": 48000' in text
+    m.write_text(text.replace('"source_sample_rate": 48000', '"source_sample_rate": NaN'))
     pid, pack = store.startup()
     assert pid == a and "NaN is not a number JSON allows" in store.last_recovery[0]
 

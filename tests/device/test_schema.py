@@ -89,8 +89,11 @@ def test_every_field_row_refuses_a_value_of_the_wrong_kind(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("frame_rate", 1e308, "frame_rate must be a number in 1..2000 (Hz), got 1e+308"),
-    ("frame_rate", 0.0, "frame_rate must be a number in 1..2000"),
+    ("velocity", 1e308, "velocity must be an integer in 1..127 (MIDI velocity), got 1e+308"),
+    ("velocity", 0, "velocity must be an integer in 1..127"),
+    ("frame_times", [0.0, 1e308], "frame_times[1] must be a number in 0..3600 (s)"),
+    ("envelope_bands", 10**9, "envelope_bands must be an integer in 0..4096"),
+    ("velocity_layers", [100, 300], "velocity_layers[1] must be an integer in 1..127"),
     ("source_sample_rate", 1e-300, "source_sample_rate must be a number in 1000..384000 (Hz)"),
     ("frames", 10**12, "frames must be an integer in 2..100000"),
     ("grid_size", 10**9, "grid_size must be an integer in 2..64"),
@@ -98,7 +101,7 @@ def test_every_field_row_refuses_a_value_of_the_wrong_kind(tmp_path):
     ("pitch_anchors", [10**18, 2 * 10**18], "pitch_anchors[0] must be an integer in 0..127"),
     ("pitch_anchors", [], "pitch_anchors must be a list of length 1..128"),
     ("name", "fuzz\n", "name must be a string of length 1..64 without control characters"),
-    ("loop.style", "reverse", 'loop.style must be a string (one of "ping-pong")'),
+    ("loop.style", "reverse", 'loop.style must be "forward"'),
     ("db_quantisation.min_db", -100.0, "db_quantisation.min_db must be a number (one of "
                                        "-120.0)"),
     ("model.z_dims", 0, "model.z_dims must be an integer in 1..1024"),
@@ -131,8 +134,8 @@ def test_member_records_and_names_are_checked():
 
 def test_grids_too_large_for_the_device_are_refused():
     m = read_manifest(DEFAULT_PACK)
-    m.update(grid_size=64, frames=100_000)
-    m["loop"] = {"start": 1, "end": 2}
+    m.update(grid_size=64, frames=100_000, frame_times=[i / 1000 for i in range(100_000)])
+    m["loop"] = {"start": 1, "end": 2, "style": "forward"}
     with pytest.raises(SchemaError, match="more than the .* this device can hold"):
         check_manifest(m)
 
@@ -163,9 +166,10 @@ def test_a_manifest_larger_than_the_limit_is_refused_before_parsing():
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda t: t.replace('"frame_rate": 50.0', '"frame_rate": NaN'), "NaN"),
-    (lambda t: t.replace('"frame_rate": 50.0', '"frame_rate": Infinity'), "Infinity"),
-    (lambda t: t.replace('"source_sample_rate": 16000', '"source_sample_rate": 1e-300'),
+    (lambda t: t.replace('"frame_times": [0.0,', '"frame_times": [NaN,'), "NaN"),
+    (lambda t: t.replace('"source_sample_rate": 48000', '"source_sample_rate": Infinity'),
+     "Infinity"),
+    (lambda t: t.replace('"source_sample_rate": 48000', '"source_sample_rate": 1e-300'),
      "source_sample_rate must be a number in 1000..384000"),
     (lambda t: t.replace('"pitch_anchors": [', '"pitch_anchors": [1000000000000000000, '),
      "pitch_anchors[0] must be an integer in 0..127"),
@@ -287,4 +291,5 @@ def test_a_member_header_promising_more_than_the_manifest_is_refused_before_allo
 
 def test_field_table_renders_for_the_docs():
     table = schema.field_table_markdown()
-    assert "| `frame_rate` | number | must be a number in 1..2000 (Hz) | yes |" in table
+    assert ("| `source_sample_rate` | number | must be a number in 1000..384000 (Hz) | yes |"
+            in table)

@@ -74,7 +74,7 @@ def test_a_silent_grid_fails_the_sound_check(tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"frame_rate": float("nan")}, "rendering failed at NW"),
+    ({"frame_times": "nan"}, "rendering failed at NW"),
     ({"source_rate": 1e-300}, "non-finite output at NW"),
     ({"frames_db": "nan"}, "non-finite output at NW"),
 ])
@@ -82,6 +82,8 @@ def test_a_grid_that_slipped_past_the_schema_fails_the_sound_check(tmp_path, cha
     """The engine's own grid object, broken the ways the issue's packs broke it: the sound
     check is the second line behind the schema."""
     grid = grid_from_pack(load_pack(small_pack(tmp_path / "p", "p")))
+    if change.get("frame_times") == "nan":
+        change = {"frame_times": np.full(grid.n_frames, np.nan)}
     if change.get("frames_db") == "nan":
         fd = grid.frames_db.copy()
         fd[0, 0, :, :, 0] = np.nan
@@ -138,7 +140,7 @@ def _break_the_grid(service, how: str) -> None:
     """What a pack that slipped through both checks would do to the live engine."""
     grid = service.engine.grid
     if how == "errors":  # every block with a note raises (an index out of range)
-        bad = dataclasses.replace(grid, frame_rate=float("nan"))
+        bad = dataclasses.replace(grid, frame_times=np.full(grid.n_frames, np.nan))
     else:  # every block with a note comes out NaN
         fd = grid.frames_db.copy()
         fd[...] = np.nan

@@ -1,4 +1,4 @@
-"""Tests of host_tools/model: TF synthesis vs numpy, dataset, training, TFLite export.
+"""Tests of host_tools/model: network, dataset, training, TFLite export, evaluation.
 
 One tiny dataset (4 FluidR3_GM programs x 3 pitches) and one tiny training run (a few
 seconds) are shared by the module; everything asserts on real outputs.
@@ -14,7 +14,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from morphbox.host_tools.model import ddsp_tf  # noqa: E402
+from morphbox.device.packs.neural import frames_from_db  # noqa: E402
 from morphbox.host_tools.model.dataset import (  # noqa: E402
     DatasetConfig,
     DatasetError,
@@ -27,12 +27,12 @@ from morphbox.host_tools.model.export import (  # noqa: E402
     export_tflite,
     representative_samples,
 )
-from morphbox.host_tools.model.losses import spectral_loss  # noqa: E402
 from morphbox.host_tools.model.network import (  # noqa: E402
     ModelConfig,
     build_decoder,
     build_encoder,
     count_params,
+    frames_from_outputs,
 )
 from morphbox.host_tools.model.train import (  # noqa: E402
     TrainConfig,
@@ -43,7 +43,6 @@ from morphbox.host_tools.model.train import (  # noqa: E402
     make_loss_fn,
     train,
 )
-from morphbox.kernels import synth  # noqa: E402
 
 TINY_MODEL = ModelConfig(encoder_channels=16, encoder_layers=1, decoder_channels=32,
                          decoder_layers=2)
@@ -53,7 +52,7 @@ STEPS = 30
 def _tiny_config(dataset: Path, run_dir: Path, **kw) -> TrainConfig:
     base = dict(dataset=str(dataset), run_dir=str(run_dir), steps=STEPS, batch_size=4,
                 crop_frames=25, learning_rate=3e-3, log_every=5, checkpoint_every=15,
-                fft_sizes=(1024, 256, 64), valid_batches=1, model=TINY_MODEL)
+                valid_batches=1, model=TINY_MODEL)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -90,51 +89,22 @@ def exported(run, dataset, tmp_path_factory):
             "int8": export_tflite(encoder, decoder, out / "model_int8.tflite", "int8", rep)}
 
 
-def _controls(rng, frames=60, f0=None):
-    f0 = np.linspace(60, 1500, frames) if f0 is None else f0
-    dist = rng.uniform(0, 1, (frames, 64))
-    return (f0.astype(np.float32), rng.uniform(0, 0.5, frames).astype(np.float32),
-            (dist / dist.sum(1, keepdims=True)).astype(np.float32),
-            rng.uniform(0, 0.05, (frames, 32)).astype(np.float32))
+# ------------------------------------------------------------------------------ network
 
 
-# ------------------------------------------------------------------------------ synthesis
-
-
-def test_tf_synthesis_matches_numpy():
+def test_frames_from_outputs_tf_and_numpy_agree():
+    """The decoder's outputs become features the same way in training (TF) and on the device
+    (numpy): partials = amplitude x normalised distribution, envelope = amplitude + relative."""
     rng = np.random.default_rng(0)
-    batch = [_controls(rng), _controls(rng, f0=np.full(60, 3100.0))]
-    noise = rng.standard_normal((2, 60 * 320)).astype(np.float32)
-    want = np.stack([synth.synthesize(*c, noise=n) for c, n in zip(batch, noise)])
-    stacked = [tf.constant(np.stack(x)) for x in zip(*batch)]
-    got = ddsp_tf.synthesize(*stacked, tf.constant(noise)).numpy()
-    assert got.shape == want.shape
-    assert np.abs(want).max() > 0.1
-    np.testing.assert_allclose(got, want, atol=2e-5)
-    # a shorter output than frames * hop also matches
-    short = ddsp_tf.synthesize(*stacked, tf.constant(noise[:, :5000])).numpy()
-    np.testing.assert_allclose(short[0], synth.synthesize(*batch[0], noise=noise[0, :5000]),
-                               atol=2e-5)
-
-
-def test_tf_synthesis_has_gradients_for_all_learned_controls():
-    rng = np.random.default_rng(1)
-    f0, amp, dist, mags = (tf.Variable(x[None]) for x in _controls(rng, 20))
-    noise = tf.constant(rng.standard_normal((1, 20 * 320)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(ddsp_tf.synthesize(f0, amp, dist, mags, noise) ** 2)
-    g_f0, *grads = tape.gradient(loss, [f0, amp, dist, mags])
-    assert g_f0 is None  # f0 is a given control
-    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
-
-
-def test_spectral_loss_is_zero_for_equal_audio_and_grows_with_difference():
-    x = tf.constant(np.random.default_rng(2).standard_normal((2, 4096)).astype(np.float32))
-    assert float(spectral_loss(x, x)) == 0.0
-    small, big = float(spectral_loss(x, 0.9 * x)), float(spectral_loss(x, 0.5 * x))
-    assert 0.0 < small < big
-    with pytest.raises(ValueError):
-        spectral_loss(x, x[:, :2048])
+    out = {"amplitude_db": rng.uniform(-60, 0, (2, 5)).astype(np.float32),
+           "harmonic_db": rng.uniform(-100, 0, (2, 5, 64)).astype(np.float32),
+           "envelope_db": rng.uniform(-100, 10, (2, 5, 24)).astype(np.float32),
+           "noise_db": rng.uniform(-100, 0, (2, 5, 32)).astype(np.float32)}
+    tf_frames = np.concatenate([x.numpy() for x in frames_from_outputs(
+        {k: tf.constant(v) for k, v in out.items()})], axis=-1)
+    np.testing.assert_allclose(tf_frames, frames_from_db(out), atol=1e-3)
+    partials = 10 ** (frames_from_db(out)[..., :64] / 20)
+    np.testing.assert_allclose(20 * np.log10(partials.sum(-1)), out["amplitude_db"], atol=1e-3)
 
 
 def test_default_network_size_and_shapes():
@@ -143,11 +113,13 @@ def test_default_network_size_and_shapes():
     assert 100_000 <= total <= 250_000
     f = np.full((2, 30), 60.0, np.float32)
     z = enc({"f0_midi": f, "loudness_db": f - 80, "harmonic_db": np.full((2, 30, 64), -50.0),
+             "envelope_db": np.full((2, 30, 24), -60.0),
              "noise_db": np.full((2, 30, 32), -70.0)})["z"]
     assert z.shape == (2, 30, 16) and float(tf.reduce_max(tf.abs(z))) <= 1.0
     out = dec({"z": z, "f0_midi": tf.constant(f), "loudness_db": tf.constant(f - 80)})
     assert out["amplitude_db"].shape == (2, 30)
     assert out["harmonic_db"].shape == (2, 30, 64) and out["noise_db"].shape == (2, 30, 32)
+    assert out["envelope_db"].shape == (2, 30, 24)
     assert float(tf.reduce_max(out["harmonic_db"])) <= 0.0
 
 
@@ -174,17 +146,24 @@ def test_dataset_is_split_by_instrument(dataset):
     splits = [i["split"] for i in index["instruments"]]
     assert sorted(set(splits)) == ["test", "train", "valid"]
     assert len(index["shards"]) == 3  # 12 notes, 5 per shard
+    frames = len(index["frame_times"])  # whole notes: attack at 1000/s, 250/s, then 50/s
+    assert frames == 20 + 20 + 216 and index["sample_rate"] == 48000
     for split in ("train", "valid", "test"):
         feats = load_split(dataset, split)
         insts = set(feats.instrument.tolist())
         assert insts == {i for i, s in enumerate(splits) if s == split}
-        assert feats.harmonic_db.shape == (len(feats), 200, 64)
-        assert feats.noise_db.shape == (len(feats), 200, 32)
+        assert feats.harmonic_db.shape == (len(feats), frames, 64)
+        assert feats.envelope_db.shape == (len(feats), frames, 24)
+        assert feats.noise_db.shape == (len(feats), frames, 32)
     every = load_split(dataset, "all")
     assert len(every) == 12 and sorted(set(every.pitch.tolist())) == [48, 60, 72]
-    amp, dist, noise = every.controls()
-    sums = dist.sum(-1)
-    np.testing.assert_allclose(sums[amp > 0], 1.0, rtol=1e-5)
+    # one gain per instrument: its loudest note's partials reach near 0 dBFS, its others keep
+    # their level relative to it (the piano's notes differ by several dB)
+    for inst in range(4):
+        peak = every.harmonic_db[every.instrument == inst].max(axis=(1, 2))
+        assert -12.0 < peak.max() <= 0.5
+    piano = every.loudness_db[every.instrument == 0].max(axis=1)
+    assert np.ptp(piano) > 2.0
     with pytest.raises(DatasetError, match="unknown split"):
         load_split(dataset, "training")
 
@@ -247,10 +226,10 @@ def test_training_refuses_a_run_dir_with_other_settings(run, dataset):
 
 def test_config_file_toml_and_json(tmp_path):
     (tmp_path / "t.toml").write_text(
-        'dataset = "d"\nsteps = 7\nfft_sizes = [256, 64]\n[model]\ndecoder_channels = 48\n')
+        'dataset = "d"\nsteps = 7\nloudness_weight = 0.5\n[model]\ndecoder_channels = 48\n')
     cfg = load_config(tmp_path / "t.toml", run_dir="r")
-    assert (cfg.steps, cfg.run_dir, cfg.fft_sizes, cfg.model.decoder_channels) == \
-        (7, "r", (256, 64), 48)
+    assert (cfg.steps, cfg.run_dir, cfg.loudness_weight, cfg.model.decoder_channels) == \
+        (7, "r", 0.5, 48)
     (tmp_path / "t.json").write_text(json.dumps(cfg.to_dict()))
     assert load_config(tmp_path / "t.json") == cfg
     (tmp_path / "bad.toml").write_text("stepz = 3\n")
@@ -371,14 +350,27 @@ def test_evaluate_writes_report_with_bound_baseline_and_int8(exported, dataset, 
 # ------------------------------------------------------------------------------ v2 training
 
 
-def test_loudness_loss_measures_the_level_difference_in_db():
-    from morphbox.host_tools.model.losses import loudness_loss
-    x = tf.constant(np.random.default_rng(3).standard_normal((2, 3200)).astype(np.float32))
-    assert float(loudness_loss(x, x, 320)) == 0.0
-    np.testing.assert_allclose(float(loudness_loss(x, 2.0 * x, 320)), 20 * np.log10(2),
-                               rtol=1e-4)
-    with pytest.raises(ValueError):
-        loudness_loss(x, x[:, :1600], 320)
+def test_the_loss_is_zero_for_a_perfect_model_and_counts_what_is_heard(dataset):
+    """The feature loss: dB error per channel (floored 80 dB under each frame's strongest)
+    and per frame's power. A decoder that returned the input exactly would score 0."""
+    cfg = _tiny_config(dataset, "unused")
+    data = _Data(load_split(dataset, "train"))
+    b = data.batch(np.random.default_rng(0), 2, 20)
+    from morphbox.host_tools.model.train import make_loss_fn as mk
+
+    class Echo:  # "decodes" the features it was given, through the model's output heads
+        def __call__(self, inputs):
+            h = tf.constant(b["harmonic_db"])
+            total = tf.reduce_logsumexp(h * np.log(10) / 20, axis=-1) / (np.log(10) / 20)
+            return {"amplitude_db": total, "harmonic_db": h,
+                    "envelope_db": tf.constant(b["envelope_db"]) - total[..., None],
+                    "noise_db": tf.constant(b["noise_db"])}
+    enc = lambda inputs: {"z": tf.zeros((2, 20, 16))}  # noqa: E731
+    total, feat, power = mk(enc, Echo(), cfg)(b)
+    assert float(feat) < 1e-3 and float(power) < 1e-3
+    b2 = dict(b, noise_db=b["noise_db"] + 6.0)  # the target's noise 6 dB up
+    _, feat2, power2 = mk(enc, Echo(), cfg)(b2)
+    assert float(feat2) > 0.5 and float(power2) > 0.0
 
 
 def test_learning_rate_schedules_decay_to_lr_final():

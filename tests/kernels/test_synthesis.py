@@ -10,15 +10,20 @@ from morphbox.kernels.envelope import ATTACK, DECAY, FADE, IDLE, RELEASE, SUSTAI
 from morphbox.kernels.limiter import SoftLimiter, soft_clip
 from morphbox.kernels.noise import NoiseSynth
 from morphbox.kernels.oscillator import (
-    BANDLIMIT_HI,
-    BANDLIMIT_LO,
-    TABLE_SIZE,
+    BAND_HI_HZ,
+    BAND_LO_HZ,
+    HEADROOM,
+    TABLE_MAX,
     WavetableBank,
     bandlimit_gains,
+    partial_gains,
     phase_increment,
     read_crossfade,
     schroeder_phases,
+    table_shifts,
+    table_sizes,
 )
+from morphbox.kernels.pitch import midi_to_hz
 
 SR = 48000
 BLOCK = 128
@@ -131,50 +136,62 @@ def test_grid_cell_at_grid_points_is_one_hot():
 # oscillator
 
 
+def _table_partials(table: np.ndarray, size: int) -> np.ndarray:
+    """Complex amplitudes of bins 0..size/2 of one table row (its first ``size`` points)."""
+    return np.fft.rfft(table[:size].astype(np.float64)) * 2 / size
+
+
 def test_wavetable_build_is_sum_of_sines_with_schroeder_phases_and_emphasis():
     k_max = 40
     bank = WavetableBank(k_max)
     rng = np.random.default_rng(2)
     amps = rng.uniform(0, 1, (3, k_max)).astype(np.float32)
-    tables = bank.build(amps)
-    assert tables.shape == (3, TABLE_SIZE + 1) and tables.dtype == np.float32
-    n = np.arange(TABLE_SIZE + 1)
+    sizes = np.array([256, 256, 1024])
+    tables = bank.build(amps, sizes)
+    assert tables.shape == (3, TABLE_MAX + 1) and tables.dtype == np.float32
     k = np.arange(1, k_max + 1)
     phi = np.pi * k**2 / k_max
     np.testing.assert_allclose(schroeder_phases(k_max), phi)
-    emphasis = 1 / np.sinc(k / TABLE_SIZE) ** 2  # undoes linear interpolation's droop
-    want = (amps.astype(np.float64) * emphasis) @ np.sin(2 * np.pi * np.outer(k, n) / TABLE_SIZE
-                                                         + phi[:, None])
-    np.testing.assert_allclose(tables, want, atol=5e-5)
-    np.testing.assert_allclose(tables[:, -1], tables[:, 0], atol=1e-5)  # guard column
-    # the table holds exactly the partials asked for
-    spec = np.fft.rfft(tables[:, :TABLE_SIZE].astype(np.float64), axis=1) * 2 / TABLE_SIZE
-    np.testing.assert_allclose(np.abs(spec[:, 1:k_max + 1]), amps * emphasis, atol=1e-4)
-    assert np.abs(spec[:, k_max + 1:]).max() < 1e-5
+    for v, size in enumerate(sizes):
+        n = np.arange(size + 1)
+        want = amps[v].astype(np.float64) @ np.sin(2 * np.pi * np.outer(k, n) / size
+                                                    + phi[:, None])
+        np.testing.assert_allclose(tables[v, :size + 1], want, atol=5e-5)
+        assert tables[v, size] == pytest.approx(tables[v, 0], abs=1e-6)  # guard column
+        # the table holds exactly the partials asked for
+        spec = np.abs(_table_partials(tables[v], size))
+        np.testing.assert_allclose(spec[1:k_max + 1], amps[v], atol=1e-4)
+        assert spec[k_max + 1:].max() < 1e-5
 
 
-def test_wavetable_bank_refuses_bad_sizes():
-    with pytest.raises(ValueError):
-        WavetableBank(256)
-    with pytest.raises(ValueError):
-        WavetableBank(10, table_size=500)
+def test_table_sizes_follow_the_pitch():
+    f0 = midi_to_hz(np.array([12, 24, 36, 48, 60, 72, 96]))
+    sizes = table_sizes(f0, SR)
+    np.testing.assert_array_equal(sizes, [2048, 2048, 1024, 512, 256, 256, 256])
+    # every partial up to 20 kHz fits under 0.3 of the table (MIDI 12 is capped)
+    kmax = np.floor(20000 / f0)
+    assert np.all((kmax <= HEADROOM * sizes)[1:])
+    np.testing.assert_array_equal(table_shifts(sizes), 32 - np.log2(sizes))
 
 
-def test_bandlimit_gains():
+def test_partial_gains_band_limit_headroom_and_droop():
     f0 = np.array([27.5, 440.0, 1000.0, 4186.0, 30000.0])
-    k = np.arange(1, 65)
-    g = bandlimit_gains(f0, 64, SR)
-    assert g.shape == (5, 64) and g.dtype == np.float32
-    rel = np.outer(f0, k) / SR
-    assert np.all(g[rel > BANDLIMIT_HI] == 0.0)
-    assert np.all(g[rel < BANDLIMIT_LO - 1e-6] == 1.0)
-    between = (rel > BANDLIMIT_LO) & (rel < BANDLIMIT_HI)
-    assert between.any()
-    np.testing.assert_allclose(g[between], ((BANDLIMIT_HI - rel) / 0.05)[between], atol=1e-4)
-    assert np.all(np.diff(g, axis=1) <= 0)
-    # nothing at or above Nyquist is ever given gain
-    assert np.all(g[rel >= 0.5] == 0.0)
-    np.testing.assert_array_equal(g[0], 1.0)  # A0: all 64 partials below 0.4 * sr
+    sizes = table_sizes(f0, SR)
+    g = partial_gains(f0, sizes, 700, SR)
+    assert g.shape == (5, 700) and g.dtype == np.float32
+    freq = np.outer(f0, np.arange(1, 701))
+    rel = np.arange(1, 701)[None, :] / sizes[:, None]
+    assert np.all(g[freq >= BAND_HI_HZ] == 0.0)
+    assert np.all(g[rel >= HEADROOM] == 0.0)
+    inside = (freq < BAND_LO_HZ) & (rel < HEADROOM)
+    np.testing.assert_allclose(g[inside], (1 / np.sinc(rel) ** 2)[inside], rtol=1e-5)
+    fade = (freq > BAND_LO_HZ) & (freq < BAND_HI_HZ) & (rel < HEADROOM)
+    assert fade.any()
+    np.testing.assert_allclose(g[fade], ((BAND_HI_HZ - freq) / 1000 / np.sinc(rel) ** 2)[fade],
+                               rtol=1e-3)
+    # nothing at or above Nyquist, at any rate
+    b = bandlimit_gains(f0, 64, 16000)
+    assert np.all(b[np.outer(f0, np.arange(1, 65)) >= 0.45 * 16000] == 0.0)
 
 
 def test_phase_increment():
@@ -185,30 +202,29 @@ def test_phase_increment():
     assert inc[2] == 0
 
 
-def _read_blocks(prev, cur, f0_hz, n_blocks, start_phase, ramp=None):
+def _read_blocks(prev, cur, f0_hz, sizes, n_blocks, start_phase, ramp=None):
     inc = phase_increment(np.atleast_1d(np.asarray(f0_hz, np.float64)), SR)
     phase = np.full(len(inc), start_phase, np.uint32)
     ramp = np.ones(BLOCK, np.float32) if ramp is None else ramp
     out = []
     for _ in range(n_blocks):
-        out.append(read_crossfade(prev, cur, phase, inc, BLOCK, ramp))
+        out.append(read_crossfade(prev, cur, phase, inc, BLOCK, ramp, table_shifts(sizes)))
         phase = phase + inc * np.uint32(BLOCK)  # the documented phase after a block
     return np.concatenate(out, axis=1), inc
 
 
-@pytest.mark.parametrize("f0", [440.0, 55.0, 3520.0])
-def test_read_one_partial_table_gives_continuous_sine_at_f0(f0):
-    k_max = 64
-    bank = WavetableBank(k_max)
-    amps = np.zeros((1, k_max), np.float32)
+@pytest.mark.parametrize("f0, size", [(440.0, 256), (55.0, 2048), (3520.0, 256)])
+def test_read_one_partial_table_gives_continuous_sine_at_f0(f0, size):
+    bank = WavetableBank(64)
+    amps = np.zeros((1, 64), np.float32)
     amps[0, 0] = 0.8
-    table = bank.build(amps)
+    sizes = np.array([size])
+    table = bank.build(amps, sizes)
     start = 3_000_000_000
     n_blocks = 80
-    y, inc = _read_blocks(table, table, f0, n_blocks, start)
+    y, inc = _read_blocks(table, table, f0, sizes, n_blocks, start)
     y = y[0].astype(np.float64)
     assert y.shape == (n_blocks * BLOCK,)
-    # FFT peak at f0 within a bin
     spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     freqs = np.fft.rfftfreq(len(y), 1 / SR)
     assert abs(freqs[spec.argmax()] - f0) <= SR / len(y)
@@ -218,18 +234,19 @@ def test_read_one_partial_table_gives_continuous_sine_at_f0(f0):
     # and the waveform is the sine at the accumulator's phase (table interpolation error only)
     n = np.arange(len(y), dtype=np.uint64)
     acc = (np.uint64(start) + n * np.uint64(inc[0])) % np.uint64(2**32)
-    want = 0.8 * np.sin(2 * np.pi * acc / 2**32 + schroeder_phases(k_max)[0])
+    want = 0.8 * np.sin(2 * np.pi * acc / 2**32 + schroeder_phases(64)[0])
     np.testing.assert_allclose(y, want, atol=1e-4)
 
 
-def test_read_voices_are_independent():
+def test_read_voices_are_independent_whatever_their_sizes():
     bank = WavetableBank(8)
     amps = np.zeros((2, 8), np.float32)
     amps[0, 0] = 1.0
     amps[1, 2] = 0.5
-    tables = bank.build(amps)
-    both, _ = _read_blocks(tables, tables, [300.0, 700.0], 4, 12345)
-    one, _ = _read_blocks(tables[1:], tables[1:], [700.0], 4, 12345)
+    sizes = np.array([2048, 256])
+    tables = bank.build(amps, sizes)
+    both, _ = _read_blocks(tables, tables, [300.0, 700.0], sizes, 4, 12345)
+    one, _ = _read_blocks(tables[1:], tables[1:], [700.0], sizes[1:], 4, 12345)
     np.testing.assert_array_equal(both[1], one[0])
 
 
@@ -237,25 +254,50 @@ def test_crossfade_endpoints_and_midpoint():
     k_max = 16
     bank = WavetableBank(k_max)
     rng = np.random.default_rng(3)
-    prev = bank.build(rng.uniform(0, 0.1, (3, k_max)))
-    cur = bank.build(rng.uniform(0, 0.1, (3, k_max)))
+    sizes = np.array([256, 512, 2048])
+    shifts = table_shifts(sizes)
+    prev = bank.build(rng.uniform(0, 0.1, (3, k_max)), sizes)
+    cur = bank.build(rng.uniform(0, 0.1, (3, k_max)), sizes)
     f0 = np.array([110.0, 220.0, 1234.5])
     inc = phase_increment(f0, SR)
     phase = rng.integers(0, 2**32, 3, dtype=np.uint64).astype(np.uint32)
-    only_prev = read_crossfade(prev, prev, phase, inc, BLOCK, np.zeros(BLOCK, np.float32))
-    only_cur = read_crossfade(cur, cur, phase, inc, BLOCK, np.zeros(BLOCK, np.float32))
+    zero, one = np.zeros(BLOCK, np.float32), np.ones(BLOCK, np.float32)
+    only_prev = read_crossfade(prev, prev, phase, inc, BLOCK, zero, shifts)
+    only_cur = read_crossfade(cur, cur, phase, inc, BLOCK, zero, shifts)
     assert only_prev.shape == (3, BLOCK) and only_prev.dtype == np.float32
-    np.testing.assert_allclose(
-        read_crossfade(prev, cur, phase, inc, BLOCK, np.zeros(BLOCK, np.float32)),
-        only_prev, atol=1e-7)
-    np.testing.assert_allclose(
-        read_crossfade(prev, cur, phase, inc, BLOCK, np.ones(BLOCK, np.float32)),
-        only_cur, atol=1e-7)
+    np.testing.assert_allclose(read_crossfade(prev, cur, phase, inc, BLOCK, zero, shifts),
+                               only_prev, atol=1e-7)
+    np.testing.assert_allclose(read_crossfade(prev, cur, phase, inc, BLOCK, one, shifts),
+                               only_cur, atol=1e-7)
     ramp = np.linspace(0, 1, BLOCK, dtype=np.float32)
-    mixed = read_crossfade(prev, cur, phase, inc, BLOCK, ramp)
+    mixed = read_crossfade(prev, cur, phase, inc, BLOCK, ramp, shifts)
     np.testing.assert_allclose(mixed, only_prev + (only_cur - only_prev) * ramp, atol=1e-6)
-    np.testing.assert_allclose(mixed[:, 0], only_prev[:, 0], atol=1e-7)
-    np.testing.assert_allclose(mixed[:, -1], only_cur[:, -1], atol=1e-7)
+
+
+@pytest.mark.parametrize("k, size", [(1, 256), (20, 256), (60, 256), (300, 1024),
+                                     (600, 2048)])
+def test_played_partial_has_the_requested_amplitude(k, size):
+    """Through table build + linear-interpolated reading, a partial comes out at the amplitude
+    asked for (the gains of partial_gains cancel the interpolation droop)."""
+    bank = WavetableBank()
+    amps = np.zeros((1, k), np.float32)
+    amps[0, k - 1] = 0.5
+    f0 = 15000.0 / k / 1.037  # partial k well below Nyquist, incommensurate with the table
+    sizes = np.array([size])
+    amps *= partial_gains(np.array([f0]), sizes, k, 48000)
+    table = bank.build(amps, sizes)
+    n = 48000
+    out = read_crossfade(table, table, np.zeros(1, np.uint32),
+                         phase_increment(np.array([f0]), 48000), n, np.ones(n, np.float32),
+                         table_shifts(sizes))[0]
+    spec = np.abs(np.fft.rfft(out * np.hanning(n))) * 2 / np.hanning(n).sum()
+    freqs = np.fft.rfftfreq(n, 1 / 48000)
+    peak = spec[np.argmin(np.abs(freqs - k * f0)) - 2:][:5].max()
+    assert abs(20 * np.log10(peak / 0.5)) < 0.3
+    # its linear-interpolation image, (N - k) f0 folded at Nyquist, is >= 12 dB under it
+    image = abs(((size - k) * f0 + 24000) % 48000 - 24000)
+    near = np.abs(freqs - image) < 3
+    assert spec[near].max() < 0.5 * 10 ** (-12 / 20)
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,66 +418,50 @@ def _render(ns, band_power, seconds, sr):
     return np.concatenate([ns.render(band_power) for _ in range(n_blocks)])
 
 
-def _promised_variance(p, n_bands, sr, src, block):
-    """Variance the noise module promises for flat band power ``p``: the source noise's
-    absolute spectral density (``p`` spread over 0..src/2) kept at the output rate, i.e.
-    ``p * sr / src`` on the output's rfft bins below the source Nyquist only."""
-    n_fft = 2 * block
-    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
-    inside = freqs < src / 2
-    # irfft variance: DC counts half, every other bin twice (its negative-frequency twin)
-    weight = np.where(freqs == 0, 0.5, 2.0)
-    return p * (sr / src) * (weight * inside).sum() / n_fft
+def _psd(x, sr, n=4096):
+    seg = x[:len(x) // n * n].reshape(-1, n) * np.hanning(n)
+    return (np.fft.rfftfreq(n, 1 / sr),
+            (np.abs(np.fft.rfft(seg, axis=1)) ** 2).mean(axis=0) / np.sum(np.hanning(n) ** 2))
 
 
-@pytest.mark.parametrize("sr, src, block", [(48000, 16000, 128), (16000, 16000, 128),
-                                            (44100, 16000, 256)])
-def test_noise_variance_matches_band_power(sr, src, block):
+@pytest.mark.parametrize("sr, block", [(48000, 128), (48000, 64), (44100, 256)])
+def test_noise_density_matches_band_power(sr, block):
+    """Flat band power p (of unit white noise at the 48 kHz source) is white noise of that
+    density at any output rate, from 20 Hz to 20 kHz, nothing outside."""
     p = 0.01
-    ns = NoiseSynth(block, 32, sr, src, seed=3)
-    out = _render(ns, np.full(32, p, np.float32), 2.0, sr)
+    ns = NoiseSynth(block, 32, sr, 48000, seed=3)
+    out = _render(ns, np.full(32, p, np.float32), 3.0, sr)
     assert out.dtype == np.float32
-    promised = _promised_variance(p, 32, sr, src, block)
-    assert promised == pytest.approx(p, rel=0.02)  # i.e. the density, not the gain, is kept
-    assert out[block:].var() == pytest.approx(promised, rel=0.10)
+    freqs, psd = _psd(out, sr)
+    inside = (freqs > 300) & (freqs < 19000)
+    # density per bin: p * sr / src on the output's bins (the source's density, kept)
+    np.testing.assert_allclose(psd[inside].mean(), p * sr / 48000, rtol=0.05)
+    flat = psd[inside][:len(psd[inside]) // 16 * 16].reshape(-1, 16).mean(axis=1)  # 190 Hz
+    np.testing.assert_allclose(10 * np.log10(flat / psd[inside].mean()), 0, atol=1.0)
+    assert psd[freqs > 21500].max() < psd[inside].mean() * 10 ** (-25 / 10)
     # power is linear in band power
-    ns2 = NoiseSynth(block, 32, sr, src, seed=3)
-    out2 = _render(ns2, np.full(32, 4 * p, np.float32), 2.0, sr)
+    ns2 = NoiseSynth(block, 32, sr, 48000, seed=3)
+    out2 = _render(ns2, np.full(32, 4 * p, np.float32), 3.0, sr)
     np.testing.assert_allclose(out2, 2 * out, rtol=1e-4, atol=1e-6)
 
 
-def _psd(x, sr, n=4096):
-    seg = x[:len(x) // n * n].reshape(-1, n) * np.hanning(n)
-    return np.fft.rfftfreq(n, 1 / sr), (np.abs(np.fft.rfft(seg, axis=1)) ** 2).mean(axis=0)
-
-
-def test_noise_spectrum_is_empty_above_source_nyquist():
-    sr, src = 48000, 16000
-    ns = NoiseSynth(BLOCK, 32, sr, src, seed=4)
-    out = _render(ns, np.full(32, 0.01, np.float32), 2.0, sr)
-    freqs, psd = _psd(out, sr)
-    passband = psd[(freqs > 500) & (freqs < 7500)].mean()
-    # only the sine window's leakage crosses 8 kHz; an octave up nothing is left
-    assert psd[freqs > 10000].max() < passband * 10 ** (-40 / 10)
-    assert psd[freqs > 16000].max() < passband * 10 ** (-55 / 10)
-
-
-def test_noise_band_gains_round_trip_through_analysis():
-    """Render at the source rate and measure with morphbox.kernels.analysis: the same convention."""
-    ns = NoiseSynth(BLOCK, analysis.N_NOISE_BANDS, 16000, 16000, seed=5)
-    gains = np.linspace(0.2, 0.02, analysis.N_NOISE_BANDS).astype(np.float32)
-    out = _render(ns, gains**2, 2.0, 16000)
-    est = analysis.noise_magnitudes(out, 16000)[3:-3].astype(np.float64)
-    np.testing.assert_allclose(np.sqrt((est**2).mean(axis=0)), gains, rtol=0.12)
+def test_noise_bands_round_trip_through_analysis():
+    """Render at 48 kHz and measure with morphbox.kernels.analysis: one convention."""
+    ns = NoiseSynth(BLOCK, analysis.N_NOISE_BANDS, 48000, 48000, seed=5)
+    gains_db = np.linspace(-30.0, -60.0, analysis.N_NOISE_BANDS)
+    out = _render(ns, (10 ** (gains_db / 20)) ** 2, 2.0, 48000)
+    f = analysis.analyze_note(out, 48000, 200.0)
+    est = 10 * np.log10(np.mean(10 ** (f.noise_db[40:90] / 10.0), axis=0))
+    np.testing.assert_allclose(est[2:], gains_db[2:], atol=2.5)
 
 
 def test_noise_is_deterministic_and_silence_flushes():
-    a = NoiseSynth(BLOCK, 8, SR, 16000, seed=9)
-    b = NoiseSynth(BLOCK, 8, SR, 16000, seed=9)
+    a = NoiseSynth(BLOCK, 8, SR, 48000, seed=9)
+    b = NoiseSynth(BLOCK, 8, SR, 48000, seed=9)
     bp = np.full(8, 0.1, np.float32)
     np.testing.assert_array_equal(a.render(bp), b.render(bp))
-    tail = a.silence()
-    assert np.abs(tail).max() > 0  # the carried half frame
+    for _ in range(3):  # the carried tails of the overlapping frames
+        a.silence()
     np.testing.assert_array_equal(a.silence(), 0.0)
     np.testing.assert_array_equal(a.render(np.zeros(8, np.float32)), 0.0)
 
@@ -515,21 +541,3 @@ def test_pitch_conversions():
     np.testing.assert_allclose(pitch.hz_to_midi(pitch.midi_to_hz(notes)), notes)
     assert pitch.cents(880.0, 440.0) == pytest.approx(1200.0)
     assert pitch.cents(440.0 * 2 ** (1 / 1200), 440.0) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("k", [1, 20, 60])
-def test_played_partial_has_the_requested_amplitude(k):
-    """Through table build + linear-interpolated reading, a partial comes out at the amplitude
-    asked for (the emphasis cancels the interpolation droop)."""
-    bank = WavetableBank(64)
-    amps = np.zeros((1, 64), np.float32)
-    amps[0, k - 1] = 0.5
-    table = bank.build(amps)
-    f0 = 15000.0 / k / 1.037  # partial k well below Nyquist, incommensurate with the table
-    n = 48000
-    out = read_crossfade(table, table, np.zeros(1, np.uint32),
-                         phase_increment(np.array([f0]), 48000), n, np.ones(n, np.float32))[0]
-    spec = np.abs(np.fft.rfft(out * np.hanning(n))) * 2 / np.hanning(n).sum()
-    freqs = np.fft.rfftfreq(n, 1 / 48000)
-    peak = spec[np.argmin(np.abs(freqs - k * f0)) - 2:][:5].max()
-    assert abs(20 * np.log10(peak / 0.5)) < 0.3
