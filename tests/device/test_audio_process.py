@@ -374,3 +374,46 @@ def test_the_audio_process_exits_when_the_service_and_its_jack_server_die(tmp_pa
         if service is not None:
             _stop_process(service)
         _stop_process(jack)
+
+
+@pytest.mark.parametrize("how", ["errors", "nonfinite"])
+def test_the_watchdog_sees_the_audio_process_break_and_rolls_back(tmp_path, how):
+    """The pack watchdog's counters (render errors, non-finite blocks) come from the audio
+    process: a pack that breaks the audio there is rolled back, and the box plays again."""
+    from morphbox.device.packs.store import PackStore
+    from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
+    from tests.device.test_watchdog import _break_the_grid, _play_until_broken
+
+    key = new_key()
+    state = tmp_path / "state"
+    store = PackStore(state)
+    store.add_key(public_raw(key))
+    ids = {lvl: store.install_file(archive_of(small_pack(tmp_path / f"p{lvl}", f"p{lvl}",
+                                                         level=lvl), key))
+           for lvl in (120, 200)}
+    store.activate(ids[120])
+    store.activate(ids[200])
+    service = Service(ServiceConfig(audio="none", audio_process="yes", rt_priority=0,
+                                    state_dir=state, store=True))
+    service.controls.set_touch(0.5, 0.5)
+    service.start()
+    try:
+        assert isinstance(service.engine, AudioProcess)
+        dog = service.watchdog
+        dog.arm(now=100.0)
+        _break_the_grid(service, how)
+        assert _play_until_broken(service)
+        seen = service.output.stats.errors if how == "errors" else service.engine.nonfinite_blocks
+        assert seen > 0  # counted in the audio process, read here
+        done = dog.check(101.0)
+        assert done and f"back to {ids[120]}" in done
+        assert service.pack.name == "p120"
+        wait_until(lambda: service.engine.grid.name == "p120", what="the old grid")
+        rms = []
+        service.engine.add_tap(lambda b: rms.append(float(np.sqrt(np.mean(b ** 2)))))
+        bad_then = dog.bad_blocks()
+        service.engine.note_on(64, 100)
+        wait_until(lambda: len(rms) > 40 and max(rms[-20:]) > 1e-3, what="sound again")
+        assert np.isfinite(rms).all() and dog.bad_blocks() - bad_then <= 2
+    finally:
+        service.stop()
