@@ -417,3 +417,14 @@ def test_the_watchdog_sees_the_audio_process_break_and_rolls_back(tmp_path, how)
         assert np.isfinite(rms).all() and dog.bad_blocks() - bad_then <= 2
     finally:
         service.stop()
+
+
+def test_the_audio_process_builds_and_warms_its_render_before_it_plays(grid):
+    """The audio process's engine uses the render an in-process engine would (compiled when
+    numba is there), built and warmed before its first block, and says so."""
+    with AudioProcess(grid, EngineConfig(), LIVE) as ap:
+        status = ap.engine_status()
+        assert ap.kernel == status["render"] == ap.info()["engine"]["render"]
+    assert status["render"] == getattr(Engine(grid, EngineConfig()), "kernel", "numpy")
+    if status["render"] == "compiled":
+        assert status["warm_s"] > 0 and status["load_s"] > 0
