@@ -1070,6 +1070,13 @@ class AudioProcess:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def grid_playing(self) -> bool:
+        """True once the audio process renders with the grid last given to :meth:`set_grid`
+        (it is swapped in at the first block after its loader has mapped it: a note sent right
+        after ``set_grid`` may start one block before the swap)."""
+        return int(self._sh.stats["grid_generation"]) == self._generation
+
+    @property
     def kernel(self) -> str:
         """The render the audio process's engine uses: "compiled" or "numpy" (as
         ``Engine.kernel``; known once it started)."""

@@ -408,7 +408,8 @@ def test_the_watchdog_sees_the_audio_process_break_and_rolls_back(tmp_path, how)
         done = dog.check(101.0)
         assert done and f"back to {ids[120]}" in done
         assert service.pack.name == "p120"
-        wait_until(lambda: service.engine.grid.name == "p120", what="the old grid")
+        assert service.engine.grid.name == "p120"
+        wait_until(lambda: service.engine.grid_playing, what="the old grid playing")
         rms = []
         service.engine.add_tap(lambda b: rms.append(float(np.sqrt(np.mean(b ** 2)))))
         bad_then = dog.bad_blocks()
