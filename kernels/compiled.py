@@ -1,0 +1,818 @@
+"""The engine's per-block work for all voices as compiled code (numba): one call per block.
+
+:func:`render` does, for every sounding voice at once, what the numpy engine
+(:mod:`morphbox.device.engine.voices`, the reference it is tested against) does with ~40 numpy
+calls: the ADSR (:mod:`morphbox.kernels.envelope`), the per-voice expression glide and morph
+position (each voice its own ``(x, y)``), the note time past the loop
+(:func:`morphbox.kernels.sustain.loop_time`), the bilinear grid gather of the voice's four
+points and two frames with its velocity layers, decay and hold (the engine's ``_mix_voices``),
+the partial levels with the harmonic envelope above the first ``K``
+(:func:`morphbox.kernels.features.envelope_interp`), dB -> linear, the band limit and
+interpolation droop (:func:`morphbox.kernels.oscillator.partial_gains`), the single-cycle table
+(an inverse real FFT, :class:`morphbox.kernels.oscillator.WavetableBank`), the crossfaded table
+read (:func:`morphbox.kernels.oscillator.read_crossfade`), the amplitude ramp, the noise of all
+voices (:class:`morphbox.kernels.noise.NoiseSynth`), the master volume and the soft limiter
+(:class:`morphbox.kernels.limiter.SoftLimiter`). Numbers follow the numpy engine in float32
+(float64 where it uses float64); the inverse FFTs are float32 here (float64 in numpy), so the
+two engines agree to ~1e-6 of full scale, not bit for bit.
+
+Memory: every array the kernel touches between blocks lives in one byte buffer, the *arena*
+(:class:`Arena`), at offsets the int64 ``layout`` table holds (``layout[FIELD]``): a call
+unboxes 7 arrays, not 40 (numba's per-argument cost is ~0.2-1 us). The engine's own per-voice
+arrays (stage, level, phase, ...) are views into it, so note events written by Python are what
+the kernel reads. Nothing is allocated per block. Per-block inputs and the few scalars the
+kernel updates (glide counters, limiter gain, ...) are the float64 ``params`` field (``P_*``).
+
+Compiled ahead of use (explicit signatures, ``cache=True``, ``nogil=True``): importing this
+module compiles the kernels, or loads them from numba's cache (``NUMBA_CACHE_DIR``, which must
+be set before numba is imported to take effect). Raises ``ImportError`` without numba.
+
+Imports: numpy and numba only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# ---- arena fields (layout indices) ------------------------------------------------------------
+(F_PARAMS, F_STAGE, F_FRESH, F_TSEL, F_PHASE, F_SHIFT, F_NOTE, F_SIZE, F_ANCHOR, F_VL,
+ F_LEVEL, F_GAIN, F_VF, F_PGAIN, F_T, F_POS, F_LATCH, F_EXPR, F_CTL,
+ F_TABLES, F_PKEY, F_PSIZE, F_INC, F_NPART, F_PGV, F_EIV, F_EWV,
+ F_LIVE, F_ENV0, F_ROW, F_DB, F_CR, F_CI, F_XR, F_XI, F_YR, F_YI, F_MONO, F_OUT, F_NPOW,
+ F_CARRY, F_FRAME, F_NOISE_IDX, F_POOL, F_WINDOW, F_NBAND, F_NW0, F_NW1,
+ F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE) = range(55)
+N_FIELDS = 55
+
+# ---- params (float64 field F_PARAMS) -----------------------------------------------------------
+(P_DT, P_ATTACK, P_DECAY, P_SUSTAIN, P_RELEASE, P_FADE,
+ P_MODE, P_SPREAD, P_SMOOTH, P_SMOOTH_EXPR, P_GLIDE, P_BEND_GLIDE, P_PITCH_DIRTY,
+ P_PITCH_BEND, P_BEND, P_X, P_Y, P_SNAP_X, P_SNAP_Y,
+ P_TX, P_TY, P_PX, P_PY, P_TCENTRE, P_BRIGHT, P_LOUD, P_PGAIN_ON,
+ P_VOICE_GAIN, P_VOL0, P_VOL1,
+ P_SR, P_BAND_LO, P_BAND_HI,
+ P_LIM_GAIN, P_LIM_RECOVER, P_LIM_THRESHOLD, P_LIM_KNEE, P_LIM_CEILING,
+ P_NOISE_CURSOR, P_NOISE_DRAWN, P_NOISE_SCALE,
+ P_G, P_ANCHORS, P_FRAMES, P_CHANNELS, P_K, P_E, P_LAYERS, P_LOOP_END, P_LOOP_T0, P_LOOP_T1,
+ P_CAP, P_BS, P_OUT_CH, P_NFFT, P_MAXP, P_TABLE_MAX, P_LIVE) = range(58)
+N_PARAMS = 64
+
+MODE_FOLLOW, MODE_LATCH, MODE_MPE = 0, 1, 2
+IDLE, ATTACK, DECAY, SUSTAIN, RELEASE, FADE = 0, 1, 2, 3, 4, 5  # as kernels.envelope
+WEIGHT_FLOOR = 1e-9  # as the engine's _mix_voices: smaller bilinear/frame factors are 0
+_LN10_20 = np.float32(np.log(10.0) / 20.0)
+_ATTACK_DONE = np.float32(1.0 - 1e-6)
+_END_LEVEL = np.float32(1e-4)
+_SUSTAIN_NEAR = np.float32(1e-3)
+_LN1000 = math.log(1000.0)
+_PITCH_MIN, _PITCH_MAX = -60.0, 135.0
+_HEADROOM = 0.3
+
+
+class Arena:
+    """Typed numpy views into one byte buffer, 64-byte aligned, and the ``layout`` table of
+    their byte offsets (indexed by the ``F_*`` constants) the kernel finds them by.
+
+    ``add(field, dtype, shape)`` reserves a field (before :meth:`build`); after it,
+    ``view(field)`` is the array (zeros until written).
+    """
+
+    def __init__(self):
+        self._spec: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}
+        self.buffer: np.ndarray | None = None
+        self.layout = np.zeros(N_FIELDS, np.int64)
+        self._views: dict[int, np.ndarray] = {}
+
+    def add(self, field: int, dtype, shape) -> None:
+        self._spec[field] = (np.dtype(dtype), tuple(int(s) for s in np.atleast_1d(shape)))
+
+    def build(self) -> None:
+        offset = 0
+        for field, (dtype, shape) in self._spec.items():
+            self.layout[field] = offset
+            offset += -(-max(int(np.prod(shape)), 1) * dtype.itemsize // 64) * 64
+        self.buffer = np.zeros(offset, np.uint8)
+        for field, (dtype, shape) in self._spec.items():
+            o = int(self.layout[field])
+            n = int(np.prod(shape)) * dtype.itemsize
+            self._views[field] = self.buffer[o:o + n].view(dtype).reshape(shape)
+
+    def view(self, field: int) -> np.ndarray:
+        return self._views[field]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.nbytes
+
+
+# ---- typed views inside the kernel ------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _f64(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + 8 * n].view(np.float64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f32(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + 4 * n].view(np.float32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _i64(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + 8 * n].view(np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _i32(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + 4 * n].view(np.int32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _u32(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + 4 * n].view(np.uint32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _i8(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + n].view(np.int8)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _u8(a, lay, f, n):
+    o = lay[f]
+    return a[o:o + n]
+
+
+# ---- inverse real FFT ------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _butterflies(xr, xi, yr, yi, i0, i1, o0, o1, s, tr, ti):
+    """One Stockham group: ``s`` radix-2 butterflies on contiguous runs (vectorised)."""
+    ar_ = xr[i0:i0 + s]
+    ai_ = xi[i0:i0 + s]
+    br_ = xr[i1:i1 + s]
+    bi_ = xi[i1:i1 + s]
+    y0r = yr[o0:o0 + s]
+    y0i = yi[o0:o0 + s]
+    y1r = yr[o1:o1 + s]
+    y1i = yi[o1:o1 + s]
+    for q in range(s):
+        ar = ar_[q]
+        ai = ai_[q]
+        br = br_[q]
+        bi = bi_[q]
+        y0r[q] = ar + br
+        y0i[q] = ai + bi
+        dr = ar - br
+        di = ai - bi
+        y1r[q] = dr * tr - di * ti
+        y1i[q] = dr * ti + di * tr
+
+
+@njit(cache=True, nogil=True)
+def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride):
+    """Unnormalised inverse complex FFT of ``xr + j xi`` (``n`` points, a power of two), radix-2
+    Stockham (natural order in and out); the work buffers ``y*`` are overwritten. ``tw*``:
+    ``exp(2 pi j k / M)`` for k < M / 2 (M = ``n * tw_stride``). Returns 0 when the result is
+    in ``x*``, 1 when in ``y*``."""
+    nc = n
+    s = 1
+    flip = 0
+    while nc > 1:
+        m = nc // 2
+        step = s * tw_stride
+        if s >= 8:
+            for p in range(m):
+                _butterflies(xr, xi, yr, yi, s * p, s * (p + m), 2 * s * p, 2 * s * p + s, s,
+                             twr[p * step], twi[p * step])
+        else:
+            for q in range(s):
+                for p in range(m):
+                    tr = twr[p * step]
+                    ti = twi[p * step]
+                    a0 = q + s * p
+                    a1 = a0 + s * m
+                    ar = xr[a0]
+                    ai = xi[a0]
+                    br = xr[a1]
+                    bi = xi[a1]
+                    b0 = q + 2 * s * p
+                    yr[b0] = ar + br
+                    yi[b0] = ai + bi
+                    dr = ar - br
+                    di = ai - bi
+                    yr[b0 + s] = dr * tr - di * ti
+                    yi[b0 + s] = dr * ti + di * tr
+        xr, yr = yr, xr
+        xi, yi = yi, xi
+        flip ^= 1
+        nc = m
+        s *= 2
+    return flip
+
+
+@njit(cache=True, nogil=True)
+def real_table(cr, ci, n, out, xr, xi, yr, yi, twr, twi, tw_stride, pwr, pwi, pw_stride):
+    """``out[t] = Re sum_{p=1}^{n/2-1} (cr[p] + j ci[p]) exp(2 pi j p t / n)`` for t in 0..n-1
+    (``cr``/``ci`` at least ``n/2 + 1`` long, read up to ``n/2``; ``cr[n/2]``, ``ci[n/2]``
+    must be 0; index 0 is ignored): an inverse real FFT through one ``n/2``-point complex FFT.
+    ``tw*``: :func:`_ifft` twiddles; ``pw*``: ``exp(2 pi j k / N)`` for k < N / 2 with
+    ``N = n * pw_stride``."""
+    m = n // 2
+    # E_p = (c_p + conj c_{m-p}) / 2, O_p = (c_p - conj c_{m-p}) / 2 * exp(2 pi j p / n),
+    # Z_p = E_p + j O_p; z = IDFT_m(Z): out[2t] = Re z_t, out[2t + 1] = Im z_t
+    xr[0] = 0.0
+    xi[0] = 0.0
+    for p in range(1, m):
+        q = m - p
+        ar = cr[p]
+        ai = ci[p]
+        br = cr[q]
+        bi = -ci[q]
+        er = 0.5 * (ar + br)
+        ei = 0.5 * (ai + bi)
+        dr = 0.5 * (ar - br)
+        di = 0.5 * (ai - bi)
+        wr = pwr[p * pw_stride]
+        wi = pwi[p * pw_stride]
+        orr = dr * wr - di * wi
+        oi = dr * wi + di * wr
+        xr[p] = er - oi
+        xi[p] = ei + orr
+    if _ifft(xr, xi, yr, yi, twr, twi, m, tw_stride):
+        zr, zi = yr, yi
+    else:
+        zr, zi = xr, xi
+    for t in range(m):
+        out[2 * t] = zr[t]
+        out[2 * t + 1] = zi[t]
+
+
+# ---- pieces of the block ----------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _adsr(stage, level, cap, dt, attack_s, decay_s, sustain, release_s, fade_s):
+    """kernels.envelope.advance_adsr, float32 like numpy 1.x."""
+    attack_s = max(attack_s, 1e-3)
+    decay_s = max(decay_s, 1e-3)
+    release_s = max(release_s, 1e-3)
+    fade_s = max(fade_s, 1e-3)
+    sus = min(max(sustain, 0.0), 1.0)
+    sus32 = np.float32(sus)
+    up = np.float32(dt / attack_s)
+    kd = np.float32(math.exp(-dt * 5.0 / decay_s))
+    kr = np.float32(math.exp(-dt * _LN1000 / release_s))
+    down = np.float32(dt / fade_s)
+    for s in range(cap):
+        st = stage[s]
+        if st == IDLE:
+            continue
+        if st == SUSTAIN:
+            level[s] = sus32
+        elif st == ATTACK:
+            lv = level[s] + up
+            if lv >= _ATTACK_DONE:
+                lv = np.float32(1.0)
+                stage[s] = DECAY
+            level[s] = lv
+        elif st == DECAY:
+            lv = sus32 + (level[s] - sus32) * kd
+            if abs(lv - sus32) < _SUSTAIN_NEAR:
+                stage[s] = SUSTAIN
+            level[s] = lv
+        elif st == RELEASE:
+            level[s] = level[s] * kr
+        elif st == FADE:
+            level[s] = max(level[s] - down, np.float32(0.0))
+        if stage[s] >= RELEASE and level[s] < _END_LEVEL:
+            level[s] = 0.0
+            stage[s] = IDLE
+
+
+@njit(cache=True, nogil=True)
+def _interp_index(x, times, n):
+    """np.interp(x, times, arange(n)) for increasing ``times``."""
+    if x <= times[0]:
+        return 0.0
+    if x >= times[n - 1]:
+        return float(n - 1)
+    lo = 0
+    hi = n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if times[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    slope = 1.0 / (times[lo + 1] - times[lo])
+    return slope * (x - times[lo]) + lo
+
+
+@njit(cache=True, nogil=True)
+def _floor_weight(w):
+    return 0.0 if w < WEIGHT_FLOOR else w
+
+
+@njit(cache=True, nogil=True)
+def _mix(row, nch, flat, flat_vel, flat_decay, hold, g, n_anchors, n_frames, n_layers,
+         loop_end, x, y, anchor, i0, fr, layer, layer_fr, past_a, past_b):
+    """One voice's frame in dB, ``row[:nch]``: the engine's ``_mix_voices`` for one voice."""
+    fx = min(max(x, 0.0), 1.0) * (g - 1)
+    fy = min(max(y, 0.0), 1.0) * (g - 1)
+    ix0 = min(int(fx), g - 2)
+    iy0 = min(int(fy), g - 2)
+    ay = fy - iy0
+    ax = fx - ix0
+    y0 = _floor_weight(1.0 - ay)
+    y1 = _floor_weight(ay)
+    x0 = _floor_weight(1.0 - ax)
+    x1 = _floor_weight(ax)
+    f0 = _floor_weight(1.0 - fr)
+    f1 = _floor_weight(fr)
+    w4 = (y0 * x0, y0 * x1, y1 * x0, y1 * x1)
+    point = (iy0 * g + ix0) * n_anchors + anchor
+    cells = (point, point + n_anchors, point + g * n_anchors, point + (g + 1) * n_anchors)
+    for c in range(nch):
+        row[c] = 0.0
+    past = past_a > 0.0
+    lf0 = _floor_weight(1.0 - layer_fr)
+    lf1 = _floor_weight(layer_fr)
+    up = 1 if layer < n_layers - 1 else 0
+    for j in range(4):
+        cell = cells[j]
+        wj = w4[j]
+        beta = hold[cell] if past else 0.0
+        loop_w = wj * (1.0 - beta)
+        base = cell * n_frames + i0
+        wa = np.float32(loop_w * f0)
+        wb = np.float32(loop_w * f1)
+        ra = flat[base]
+        rb = flat[base + 1]
+        vb = cell * n_layers + layer
+        wl0 = np.float32(wj * lf0)
+        wl1 = np.float32(wj * lf1)
+        va = flat_vel[vb]
+        vc = flat_vel[vb + up]
+        for c in range(nch):
+            row[c] += wa * ra[c] + wb * rb[c] + wl0 * va[c] + wl1 * vc[c]
+        if past:  # decay and loop slope; a held last frame
+            wr = np.float32(wj * past_a)
+            ws = np.float32(loop_w * past_b)
+            wh = np.float32(wj * beta)
+            da = flat_decay[cell * 2]
+            ds = flat_decay[cell * 2 + 1]
+            rh = flat[cell * n_frames + loop_end]
+            for c in range(nch):
+                row[c] += wr * da[c] + ws * ds[c] + wh * rh[c]
+
+
+@njit(cache=True, nogil=True)
+def _pitch(s, note, bend_total, size, sr, band_lo, band_hi, k, n_env, maxp, incv, npart, pgv,
+           eiv, ewv, ecentre):
+    """The engine's ``_update_pitch`` for slot ``s``: f0, phase increment, partial count,
+    partial gains (band limit, headroom, droop) and the envelope interpolation above ``k``."""
+    pitch = min(max(note + bend_total, _PITCH_MIN), _PITCH_MAX)
+    f0 = 440.0 * np.exp2((pitch - 69.0) / 12.0)
+    incv[s] = np.int64(np.uint32(f0 * (4294967296.0 / sr)))
+    cap = maxp if n_env else min(k, maxp)
+    top = np.int64(math.floor(band_hi / f0))
+    n = min(min(top, cap), np.int64(_HEADROOM * size))
+    npart[s] = n
+    f32 = np.float32(f0)
+    hi32 = np.float32(band_hi)
+    span32 = np.float32(band_hi - band_lo)
+    g = pgv[s]
+    for j in range(n):
+        p = j + 1
+        b = (hi32 - f32 * np.float32(p)) / span32
+        b = min(max(b, np.float32(0.0)), np.float32(1.0))
+        rel = p / size
+        if rel < _HEADROOM:
+            xr = math.pi * min(rel, 0.5)
+            sinc = math.sin(xr) / xr
+            b = b * np.float32(1.0 / (sinc * sinc))
+        else:
+            b = np.float32(0.0)
+        g[j] = b
+    if n_env and n > k:
+        ei = eiv[s]
+        ew = ewv[s]
+        jc = 0
+        top_c = n_env - 1
+        for j in range(k, n):
+            e = 21.4 * math.log10(1.0 + 0.00437 * (f0 * (j + 1)))
+            if e <= ecentre[0]:
+                pos = 0.0
+            elif e >= ecentre[top_c]:
+                pos = float(top_c)
+            else:
+                while ecentre[jc + 1] <= e:
+                    jc += 1
+                pos = (e - ecentre[jc]) / (ecentre[jc + 1] - ecentre[jc]) + jc
+            i = min(int(math.floor(pos)), n_env - 2)
+            ei[j - k] = i
+            ew[j - k] = np.float32(pos - i)
+
+
+# ---- the block ---------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _limit(x, ramp, bs, prm):
+    """SoftLimiter.process on ``x[:bs]`` in place (gain in ``prm[P_LIM_GAIN]``)."""
+    hi = -np.inf
+    lo = np.inf
+    for i in range(bs):
+        v = x[i]
+        if v > hi:
+            hi = v
+        if v < lo:
+            lo = v
+    peak = max(float(hi), -float(lo))
+    threshold = prm[P_LIM_THRESHOLD]
+    gain = prm[P_LIM_GAIN]
+    target = min(1.0, threshold / peak) if peak > 0 else 1.0
+    if target < gain:
+        new = target
+    else:
+        new = target + (gain - target) * prm[P_LIM_RECOVER]
+    if new > 0.9999:
+        new = 1.0
+    if new != 1.0 or gain != 1.0:
+        g0 = np.float32(gain)
+        dg = np.float32(new - gain)
+        for i in range(bs):
+            x[i] *= g0 + dg * ramp[i]
+    prm[P_LIM_GAIN] = new
+    knee = prm[P_LIM_KNEE]
+    if peak * max(gain, new) <= knee:
+        return
+    k32 = np.float32(knee)
+    span = prm[P_LIM_CEILING] - knee
+    s32 = np.float32(span)
+    for i in range(bs):
+        v = x[i]
+        m = abs(v)
+        if m > k32:
+            c = k32 + s32 * np.float32(math.tanh((m - k32) / s32))
+            x[i] = c if v > 0 else -c
+
+
+@njit(cache=True, nogil=True)
+def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, bs, nfft, maxp,
+            wmax, hmax, nch, k, n_env, n_noise):
+    stage = _i8(a, lay, F_STAGE, cap)
+    fresh = _u8(a, lay, F_FRESH, cap)
+    tsel = _u8(a, lay, F_TSEL, cap)
+    phase = _u32(a, lay, F_PHASE, cap)
+    shift = _u32(a, lay, F_SHIFT, cap)
+    note = _i64(a, lay, F_NOTE, cap)
+    size = _i64(a, lay, F_SIZE, cap)
+    anchor = _i64(a, lay, F_ANCHOR, cap)
+    vl = _i64(a, lay, F_VL, cap)
+    level = _f32(a, lay, F_LEVEL, cap)
+    gain = _f32(a, lay, F_GAIN, cap)
+    vf = _f32(a, lay, F_VF, cap)
+    pgain = _f32(a, lay, F_PGAIN, cap)
+    tv = _f64(a, lay, F_T, cap)
+    pos = _f64(a, lay, F_POS, 2 * cap).reshape((2, cap))
+    latch = _f64(a, lay, F_LATCH, 2 * cap).reshape((2, cap))
+    expr = _f64(a, lay, F_EXPR, 2 * cap).reshape((2, cap))
+    ctl = _f64(a, lay, F_CTL, 3 * cap).reshape((3, cap))
+    tables = _f32(a, lay, F_TABLES, cap * 2 * wmax).reshape((cap, 2, wmax))
+    pkey = _f64(a, lay, F_PKEY, cap)
+    psize = _i64(a, lay, F_PSIZE, cap)
+    incv = _i64(a, lay, F_INC, cap)
+    npart = _i64(a, lay, F_NPART, cap)
+    pgv = _f32(a, lay, F_PGV, cap * maxp).reshape((cap, maxp))
+    n_above = max(maxp - k, 1)
+    eiv = _i32(a, lay, F_EIV, cap * n_above).reshape((cap, n_above))
+    ewv = _f32(a, lay, F_EWV, cap * n_above).reshape((cap, n_above))
+    live = _i64(a, lay, F_LIVE, cap)
+    env0 = _f32(a, lay, F_ENV0, cap)
+    row = _f32(a, lay, F_ROW, nch)
+    db = _f32(a, lay, F_DB, maxp)
+    cr = _f32(a, lay, F_CR, hmax + 1)
+    ci = _f32(a, lay, F_CI, hmax + 1)
+    xr = _f32(a, lay, F_XR, hmax)
+    xi = _f32(a, lay, F_XI, hmax)
+    yr = _f32(a, lay, F_YR, hmax)
+    yi = _f32(a, lay, F_YI, hmax)
+    mono = _f32(a, lay, F_MONO, bs)
+    npow = _f32(a, lay, F_NPOW, max(n_noise, 1))
+    ramp = _f32(a, lay, F_RAMP, bs)
+    cosv = _f32(a, lay, F_COS, maxp)
+    sinv = _f32(a, lay, F_SIN, maxp)
+    twr = _f32(a, lay, F_TW, hmax)        # exp(2 pi j k / hmax), k < hmax / 2: [re | im]
+    twi = _f32(a, lay, F_TW, hmax)[hmax // 2:]
+    pwr = _f32(a, lay, F_TWR, wmax - 1)   # exp(2 pi j k / TABLE_MAX), k < TABLE_MAX / 2
+    pwi = _f32(a, lay, F_TWR, wmax - 1)[hmax:]
+    log2k = _f32(a, lay, F_LOG2K, maxp)
+    ecentre = _f64(a, lay, F_ECENTRE, max(n_env, 1))
+    dt = prm[P_DT]
+    g = np.int64(prm[P_G])
+    n_anchors = np.int64(prm[P_ANCHORS])
+    n_frames = np.int64(prm[P_FRAMES])
+    n_layers = np.int64(prm[P_LAYERS])
+    loop_end = np.int64(prm[P_LOOP_END])
+    t0 = prm[P_LOOP_T0]
+    t1 = prm[P_LOOP_T1]
+    length = t1 - t0
+    sr = prm[P_SR]
+    table_max = wmax - 1
+
+    # envelopes (every slot), keeping each live voice's level at the block start
+    for v in range(n_live):
+        env0[v] = level[live[v]]
+    _adsr(stage, level, cap, dt, prm[P_ATTACK], prm[P_DECAY], prm[P_SUSTAIN], prm[P_RELEASE],
+          prm[P_FADE])
+
+    # per-voice bend and pressure glide (every slot)
+    glide = np.int64(prm[P_GLIDE])
+    if glide:
+        glide -= 1
+        if glide:
+            se = prm[P_SMOOTH_EXPR]
+            for r in range(2):
+                for s in range(cap):
+                    expr[r, s] += (ctl[r, s] - expr[r, s]) * se
+        else:
+            for r in range(2):
+                for s in range(cap):
+                    expr[r, s] = ctl[r, s]
+            prm[P_PITCH_DIRTY] = 1.0
+        bg = np.int64(prm[P_BEND_GLIDE])
+        if bg:
+            prm[P_BEND_GLIDE] = bg - 1
+            prm[P_PITCH_DIRTY] = 1.0
+        prm[P_GLIDE] = glide
+
+    # morph positions: every slot smoothed towards its mode's target
+    mode = np.int64(prm[P_MODE])
+    shared = mode == MODE_FOLLOW and prm[P_SPREAD] == 0.0
+    if not shared:
+        sm = prm[P_SMOOTH]
+        if mode == MODE_LATCH:
+            for r in range(2):
+                for s in range(cap):
+                    pos[r, s] += (latch[r, s] - pos[r, s]) * sm
+        elif mode == MODE_MPE:
+            tx = prm[P_TX]
+            ty = prm[P_TY]
+            px = prm[P_PX]
+            py = prm[P_PY]
+            tc = prm[P_TCENTRE]
+            sx = prm[P_SNAP_X]
+            sy = prm[P_SNAP_Y]
+            for s in range(cap):
+                tt_ = ctl[2, s] - tc
+                pr = ctl[1, s]
+                gx = min(max(tx * tt_ + px * pr + sx, 0.0), 1.0)
+                gy = min(max(ty * tt_ + py * pr + sy, 0.0), 1.0)
+                pos[0, s] += (gx - pos[0, s]) * sm
+                pos[1, s] += (gy - pos[1, s]) * sm
+        else:
+            sx = prm[P_SNAP_X]
+            sy = prm[P_SNAP_Y]
+            for s in range(cap):
+                pos[0, s] += (sx - pos[0, s]) * sm
+                pos[1, s] += (sy - pos[1, s]) * sm
+            far = 0.0
+            for v in range(n_live):
+                s = live[v]
+                far = max(far, abs(pos[0, s] - prm[P_X]), abs(pos[1, s] - prm[P_Y]))
+            if far < 1e-9:
+                prm[P_SPREAD] = 0.0
+
+    # pitch: when the engine would recompute it (a note started, a bend moved), for every live
+    # voice whose played pitch or table size differs from what its cache holds
+    bend = prm[P_BEND]
+    if prm[P_PITCH_DIRTY] != 0.0 or bend != prm[P_PITCH_BEND]:
+        for v in range(n_live):
+            s = live[v]
+            pt = note[s] + (expr[0, s] + bend)
+            if pt != pkey[s] or size[s] != psize[s]:
+                _pitch(s, float(note[s]), expr[0, s] + bend, float(size[s]), sr,
+                       prm[P_BAND_LO], prm[P_BAND_HI], k, n_env, maxp, incv, npart, pgv,
+                       eiv, ewv, ecentre)
+                pkey[s] = pt
+                psize[s] = size[s]
+        prm[P_PITCH_DIRTY] = 0.0
+        prm[P_PITCH_BEND] = bend
+
+    bright = prm[P_BRIGHT]
+    loud = prm[P_LOUD]
+    use_pg = loud > 0.0 or prm[P_PGAIN_ON] != 0.0
+    vg = np.float32(prm[P_VOICE_GAIN])
+    for i in range(bs):
+        mono[i] = 0.0
+    for c in range(n_noise):
+        npow[c] = 0.0
+    for v in range(n_live):
+        s = live[v]
+        # note time (the table is the note at the block's end) and frames
+        t = tv[s] + dt
+        if t > t1:
+            n_pass = math.floor((t - t0) / length)
+            tt = t - n_pass * length
+            past_a = t - t1
+            past_b = t1 - tt
+        else:
+            tt = t
+            past_a = 0.0
+            past_b = 0.0
+        fpos = _interp_index(tt, times, n_frames)
+        i0 = min(np.int64(fpos), n_frames - 2)
+        fr = fpos - i0
+        if shared:
+            vx = prm[P_X]
+            vy = prm[P_Y]
+        else:
+            vx = pos[0, s]
+            vy = pos[1, s]
+        _mix(row, nch, flat, flat_vel, flat_decay, hold, g, n_anchors, n_frames, n_layers,
+             loop_end, vx, vy, anchor[s], i0, fr, vl[s], float(vf[s]), past_a, past_b)
+        # partial levels (own below k, the envelope's above), dB -> linear, gains
+        n = npart[s]
+        for j in range(min(n, k)):
+            db[j] = row[j]
+        if n > k:
+            ei = eiv[s]
+            ew = ewv[s]
+            for j in range(k, n):
+                e = k + ei[j - k]
+                lo = row[e]
+                db[j] = lo + (row[e + 1] - lo) * ew[j - k]
+        if bright > 0.0:
+            dark = np.float32(bright * (1.0 - expr[1, s]))
+            for j in range(n):
+                db[j] = db[j] - dark * log2k[j]
+        nt = size[s]
+        half = nt // 2
+        gv = pgv[s]
+        for j in range(n):
+            amp = np.float32(math.exp(db[j] * _LN10_20)) * gv[j]
+            cr[j + 1] = amp * cosv[j]
+            ci[j + 1] = amp * sinv[j]
+        for j in range(n + 1, half + 1):
+            cr[j] = 0.0
+            ci[j] = 0.0
+        # the new table into the slot's other buffer; the previous one (silence for a new
+        # note) crossfades into it over the block
+        sel = tsel[s]
+        cur = tables[s, 1 - sel]
+        prev = tables[s, sel]
+        real_table(cr, ci, nt, cur, xr, xi, yr, yi, twr, twi, hmax // half,
+                   pwr, pwi, table_max // nt)
+        cur[nt] = cur[0]
+        if fresh[s]:
+            for i in range(nt + 1):
+                prev[i] = 0.0
+            fresh[s] = 0
+        tsel[s] = 1 - sel
+        # amplitude: ADSR x velocity gain x voice gain (x pressure gain), ramped
+        gn = gain[s] * vg
+        e0 = env0[v]
+        e1 = level[s]
+        end = e1 * gn
+        if use_pg:
+            g1 = np.float32(1.0 - loud) + np.float32(loud) * np.float32(expr[1, s])
+            start = e0 * gn * pgain[s]
+            end = end * g1
+            pgain[s] = g1
+        else:
+            start = e0 * gn
+        dstep = end - start
+        if not use_pg:
+            dstep = (e1 - e0) * gn
+        ph = np.int64(phase[s])
+        inc = incv[s]
+        sh = np.int64(shift[s])
+        mask = (np.int64(1) << sh) - 1
+        scale = np.float32(1.0) / np.float32(np.int64(1) << sh)
+        for i in range(bs):
+            p = (ph + inc * i) & 0xFFFFFFFF
+            idx = p >> sh
+            f = np.float32(p & mask) * scale
+            pa = prev[idx]
+            wa = pa + (prev[idx + 1] - pa) * f
+            pc = cur[idx]
+            wb = pc + (cur[idx + 1] - pc) * f
+            wa = wa + (wb - wa) * ramp[i]
+            mono[i] += wa * (start + dstep * ramp[i])
+        phase[s] = np.uint32((ph + inc * bs) & 0xFFFFFFFF)
+        tv[s] = t
+        # this voice's noise power
+        base = k + n_env
+        for c in range(n_noise):
+            b = np.float32(math.exp(row[base + c] * _LN10_20)) * end
+            npow[c] += b * b
+    prm[P_PGAIN_ON] = 1.0 if loud > 0.0 else 0.0
+    _noise(a, lay, prm, mono, npow, n_noise, bs, nfft, cr, ci, xr, xi, yr, yi, twr, twi, hmax,
+           pwr, pwi, table_max)
+
+
+@njit(cache=True, nogil=True)
+def _noise(a, lay, prm, mono, npow, n_noise, bs, nfft, cr, ci, xr, xi, yr, yi, twr, twi, hmax,
+           pwr, pwi, table_max):
+    """NoiseSynth.render: one frame of shaped noise, windowed, overlap-added into ``mono``."""
+    bins = nfft // 2 + 1
+    carry = _f64(a, lay, F_CARRY, nfft)
+    frame = _f32(a, lay, F_FRAME, nfft)
+    window = _f64(a, lay, F_WINDOW, nfft)
+    nband = _i64(a, lay, F_NBAND, bins)
+    nw0 = _f32(a, lay, F_NW0, bins)
+    nw1 = _f32(a, lay, F_NW1, bins)
+    cursor = np.int64(prm[P_NOISE_CURSOR])
+    pick = _i64(a, lay, F_NOISE_IDX, np.int64(prm[P_NOISE_DRAWN]))[cursor]
+    prm[P_NOISE_CURSOR] = cursor + 1
+    po = lay[F_POOL] + pick * bins * 8
+    row = a[po:po + bins * 8].view(np.float32)  # (bins, [re, im])
+    scale = np.float32(prm[P_NOISE_SCALE])  # 2 / nfft: irfft's normalisation
+    half = nfft // 2
+    for p in range(bins):
+        b = nband[p]
+        if b < 0:
+            mag = np.float32(0.0)
+        else:
+            pw = npow[b] * nw0[p]
+            if b + 1 < n_noise:
+                pw += npow[b + 1] * nw1[p]
+            mag = np.float32(math.sqrt(pw))
+        cr[p] = row[2 * p] * mag * scale
+        ci[p] = row[2 * p + 1] * mag * scale
+    cr[half] = 0.0  # Nyquist (outside the noise bands) and DC are not rendered
+    ci[half] = 0.0
+    real_table(cr, ci, nfft, frame, xr, xi, yr, yi, twr, twi, hmax // half, pwr, pwi,
+               table_max // nfft)
+    keep = nfft - bs
+    for i in range(bs):
+        mono[i] += np.float32(frame[i] * window[i] + carry[i])
+    for i in range(keep):
+        j = i + bs
+        v = frame[j] * window[j]
+        if j < keep:
+            v += carry[j]
+        carry[i] = v
+
+
+@njit("void(uint8[::1], int64[::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], "
+      "float32[::1], float64[::1])", cache=True, nogil=True)
+def render(a, lay, flat, flat_vel, flat_decay, hold, times):
+    """Render one block into the arena's ``F_OUT`` ``(block, channels)`` float32.
+
+    ``a``: the arena buffer, ``lay``: its layout (:class:`Arena`); ``flat`` the grid's
+    ``frames_db`` as ``(G * G * anchors * frames, channels)``, ``flat_vel`` its
+    ``velocity_db`` as ``(G * G * anchors * layers, channels)``, ``flat_decay`` its
+    ``decay_db`` as ``(G * G * anchors * 2, channels)``, ``hold`` ``(G * G * anchors,)``,
+    ``times`` ``(frames,)`` s. Reads and updates the per-voice fields and ``params``.
+    """
+    prm = _f64(a, lay, F_PARAMS, N_PARAMS)
+    cap = np.int64(prm[P_CAP])
+    bs = np.int64(prm[P_BS])
+    n_out = np.int64(prm[P_OUT_CH])
+    nfft = np.int64(prm[P_NFFT])
+    maxp = np.int64(prm[P_MAXP])
+    wmax = np.int64(prm[P_TABLE_MAX]) + 1
+    nch = np.int64(prm[P_CHANNELS])
+    k = np.int64(prm[P_K])
+    n_env = np.int64(prm[P_E])
+    n_noise = nch - k - n_env
+    hmax = wmax // 2  # TABLE_MAX / 2: the largest complex FFT
+    stage = _i8(a, lay, F_STAGE, cap)
+    level = _f32(a, lay, F_LEVEL, cap)
+    live = _i64(a, lay, F_LIVE, cap)
+    mono = _f32(a, lay, F_MONO, bs)
+    ramp = _f32(a, lay, F_RAMP, bs)
+    carry = _f64(a, lay, F_CARRY, nfft)
+    n_live = 0
+    for s in range(cap):
+        if stage[s] != IDLE:
+            live[n_live] = s
+            n_live += 1
+    prm[P_LIVE] = n_live
+    if n_live == 0:  # NoiseSynth.silence(): the carried tails, then nothing
+        keep = nfft - bs
+        for i in range(bs):
+            mono[i] = np.float32(carry[i])
+        for i in range(keep - bs):
+            carry[i] = carry[i + bs]
+        for i in range(keep - bs, keep):
+            carry[i] = 0.0
+    else:
+        _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, bs, nfft,
+                maxp, wmax, hmax, nch, k, n_env, n_noise)
+    # master volume (ramped), limiter, channels
+    vol0 = prm[P_VOL0]
+    dv = np.float32(prm[P_VOL1] - vol0)
+    v0 = np.float32(vol0)
+    for i in range(bs):
+        mono[i] *= v0 + dv * ramp[i]
+    _limit(mono, ramp, bs, prm)
+    out = _f32(a, lay, F_OUT, bs * n_out)
+    for i in range(bs):
+        for c in range(n_out):
+            out[i * n_out + c] = mono[i]
