@@ -43,8 +43,9 @@ from numba import njit
  F_TABLES, F_PKEY, F_PSIZE, F_INC, F_NPART, F_PGV, F_EIV, F_EWV,
  F_LIVE, F_ENV0, F_ROW, F_DB, F_CR, F_CI, F_XR, F_XI, F_YR, F_YI, F_MONO, F_OUT, F_NPOW,
  F_CARRY, F_FRAME, F_NOISE_IDX, F_POOL, F_WINDOW, F_NBAND, F_NW0, F_NW1,
- F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE) = range(55)
-N_FIELDS = 55
+ F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE, F_LANE, F_AMP, F_CLASS) = range(58)
+N_FIELDS = 58
+N_CLASSES = 13  # table sizes 2**0 .. 2**12 (voices 256..2048, the noise frame)
 
 # ---- params (float64 field F_PARAMS) -----------------------------------------------------------
 (P_DT, P_ATTACK, P_DECAY, P_SUSTAIN, P_RELEASE, P_FADE,
@@ -176,39 +177,42 @@ def _butterflies(xr, xi, yr, yi, i0, i1, o0, o1, s, tr, ti):
 
 
 @njit(cache=True, nogil=True)
-def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride):
-    """Unnormalised inverse complex FFT of ``xr + j xi`` (``n`` points, a power of two), radix-2
-    Stockham (natural order in and out); the work buffers ``y*`` are overwritten. ``tw*``:
-    ``exp(2 pi j k / M)`` for k < M / 2 (M = ``n * tw_stride``). Returns 0 when the result is
-    in ``x*``, 1 when in ``y*``."""
+def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride, lanes):
+    """Unnormalised inverse complex FFTs of ``lanes`` interleaved signals: signal ``v``'s point
+    ``i`` is ``xr[i * lanes + v] + j xi[i * lanes + v]``, ``n`` points (a power of two).
+    Radix-2 Stockham (natural order in and out), every butterfly over a contiguous run of
+    ``s * lanes`` values (``s`` the stage's span), so the lanes vectorise even in the first
+    stages. The work buffers ``y*`` are overwritten. ``tw*``: ``exp(2 pi j k / M)`` for
+    k < M / 2 (M = ``n * tw_stride``). Returns 0 when the result is in ``x*``, 1 in ``y*``."""
     nc = n
     s = 1
     flip = 0
     while nc > 1:
         m = nc // 2
         step = s * tw_stride
-        if s >= 8:
+        run = s * lanes
+        if run >= 4:
             for p in range(m):
-                _butterflies(xr, xi, yr, yi, s * p, s * (p + m), 2 * s * p, 2 * s * p + s, s,
-                             twr[p * step], twi[p * step])
+                _butterflies(xr, xi, yr, yi, run * p, run * (p + m), 2 * run * p,
+                             2 * run * p + run, run, twr[p * step], twi[p * step])
         else:
-            for q in range(s):
+            for q in range(run):
                 for p in range(m):
                     tr = twr[p * step]
                     ti = twi[p * step]
-                    a0 = q + s * p
-                    a1 = a0 + s * m
+                    a0 = q + run * p
+                    a1 = a0 + run * m
                     ar = xr[a0]
                     ai = xi[a0]
                     br = xr[a1]
                     bi = xi[a1]
-                    b0 = q + 2 * s * p
+                    b0 = q + 2 * run * p
                     yr[b0] = ar + br
                     yi[b0] = ai + bi
                     dr = ar - br
                     di = ai - bi
-                    yr[b0 + s] = dr * tr - di * ti
-                    yi[b0 + s] = dr * ti + di * tr
+                    yr[b0 + run] = dr * tr - di * ti
+                    yi[b0 + run] = dr * ti + di * tr
         xr, yr = yr, xr
         xi, yi = yi, xi
         flip ^= 1
@@ -218,40 +222,43 @@ def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride):
 
 
 @njit(cache=True, nogil=True)
-def real_table(cr, ci, n, out, xr, xi, yr, yi, twr, twi, tw_stride, pwr, pwi, pw_stride):
-    """``out[t] = Re sum_{p=1}^{n/2-1} (cr[p] + j ci[p]) exp(2 pi j p t / n)`` for t in 0..n-1
-    (``cr``/``ci`` at least ``n/2 + 1`` long, read up to ``n/2``; ``cr[n/2]``, ``ci[n/2]``
-    must be 0; index 0 is ignored): an inverse real FFT through one ``n/2``-point complex FFT.
-    ``tw*``: :func:`_ifft` twiddles; ``pw*``: ``exp(2 pi j k / N)`` for k < N / 2 with
-    ``N = n * pw_stride``."""
+def real_tables(cr, ci, n, lanes, xr, xi, yr, yi, twr, twi, tw_stride, pwr, pwi, pw_stride):
+    """Inverse real FFTs of ``lanes`` spectra at once: signal ``v`` is
+    ``x_v[t] = Re sum_{p=1}^{n/2-1} c_v[p] exp(2 pi j p t / n)``, t in 0..n-1, with
+    ``c_v[p] = cr[p * lanes + v] + j ci[p * lanes + v]`` (p < n/2; p = 0 is ignored and the
+    Nyquist bin is 0): one ``n/2``-point complex FFT per signal. Returns ``(zr, zi)``, the work
+    buffers holding the result: ``x_v[2t] = zr[t * lanes + v]``, ``x_v[2t + 1] =
+    zi[t * lanes + v]``. ``tw*``: :func:`_ifft` twiddles; ``pw*``: ``exp(2 pi j k / N)`` for
+    k < N / 2 with ``N = n * pw_stride``."""
     m = n // 2
     # E_p = (c_p + conj c_{m-p}) / 2, O_p = (c_p - conj c_{m-p}) / 2 * exp(2 pi j p / n),
-    # Z_p = E_p + j O_p; z = IDFT_m(Z): out[2t] = Re z_t, out[2t + 1] = Im z_t
-    xr[0] = 0.0
-    xi[0] = 0.0
+    # Z_p = E_p + j O_p; z = IDFT_m(Z): x[2t] = Re z_t, x[2t + 1] = Im z_t
+    half = np.float32(0.5)
+    for v in range(lanes):
+        xr[v] = 0.0
+        xi[v] = 0.0
     for p in range(1, m):
         q = m - p
-        ar = cr[p]
-        ai = ci[p]
-        br = cr[q]
-        bi = -ci[q]
-        er = 0.5 * (ar + br)
-        ei = 0.5 * (ai + bi)
-        dr = 0.5 * (ar - br)
-        di = 0.5 * (ai - bi)
         wr = pwr[p * pw_stride]
         wi = pwi[p * pw_stride]
-        orr = dr * wr - di * wi
-        oi = dr * wi + di * wr
-        xr[p] = er - oi
-        xi[p] = ei + orr
-    if _ifft(xr, xi, yr, yi, twr, twi, m, tw_stride):
-        zr, zi = yr, yi
-    else:
-        zr, zi = xr, xi
-    for t in range(m):
-        out[2 * t] = zr[t]
-        out[2 * t + 1] = zi[t]
+        ap = p * lanes
+        aq = q * lanes
+        for v in range(lanes):
+            ar = cr[ap + v]
+            ai = ci[ap + v]
+            br = cr[aq + v]
+            bi = -ci[aq + v]
+            er = half * (ar + br)
+            ei = half * (ai + bi)
+            dr = half * (ar - br)
+            di = half * (ai - bi)
+            orr = dr * wr - di * wi
+            oi = dr * wi + di * wr
+            xr[ap + v] = er - oi
+            xi[ap + v] = ei + orr
+    if _ifft(xr, xi, yr, yi, twr, twi, m, tw_stride, lanes):
+        return yr, yi
+    return xr, xi
 
 
 # ---- pieces of the block ----------------------------------------------------------------------
@@ -495,12 +502,11 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
     env0 = _f32(a, lay, F_ENV0, cap)
     row = _f32(a, lay, F_ROW, nch)
     db = _f32(a, lay, F_DB, maxp)
-    cr = _f32(a, lay, F_CR, hmax + 1)
-    ci = _f32(a, lay, F_CI, hmax + 1)
-    xr = _f32(a, lay, F_XR, hmax)
-    xi = _f32(a, lay, F_XI, hmax)
-    yr = _f32(a, lay, F_YR, hmax)
-    yi = _f32(a, lay, F_YI, hmax)
+    work = hmax * (cap + 1)  # the largest batch: every voice and the noise at TABLE_MAX
+    xr = _f32(a, lay, F_XR, work)
+    xi = _f32(a, lay, F_XI, work)
+    yr = _f32(a, lay, F_YR, work)
+    yi = _f32(a, lay, F_YI, work)
     mono = _f32(a, lay, F_MONO, bs)
     npow = _f32(a, lay, F_NPOW, max(n_noise, 1))
     ramp = _f32(a, lay, F_RAMP, bs)
@@ -603,14 +609,38 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         prm[P_PITCH_DIRTY] = 0.0
         prm[P_PITCH_BEND] = bend
 
+    # table classes: the live voices (and the noise frame) grouped by table size, each
+    # group's spectra interleaved lane by lane for one batched inverse FFT
+    counts = _i64(a, lay, F_CLASS, 2 * N_CLASSES)[:N_CLASSES]
+    coff = _i64(a, lay, F_CLASS, 2 * N_CLASSES)[N_CLASSES:]
+    lane = _i64(a, lay, F_LANE, cap)
+    for c in range(N_CLASSES):
+        counts[c] = 0
+    for v in range(n_live):
+        c = _log2(size[live[v]])
+        lane[v] = counts[c]
+        counts[c] += 1
+    cn = _log2(nfft)
+    noise_lane = counts[cn]
+    counts[cn] += 1
+    total = 0
+    for c in range(N_CLASSES):
+        coff[c] = total
+        total += (np.int64(1) << c) // 2 * counts[c]
+    cr = _f32(a, lay, F_CR, total)
+    ci = _f32(a, lay, F_CI, total)
+    for i in range(total):
+        cr[i] = 0.0
+        ci[i] = 0.0
+
     bright = prm[P_BRIGHT]
     loud = prm[P_LOUD]
     use_pg = loud > 0.0 or prm[P_PGAIN_ON] != 0.0
     vg = np.float32(prm[P_VOICE_GAIN])
-    for i in range(bs):
-        mono[i] = 0.0
+    amps_ = _f32(a, lay, F_AMP, 2 * cap)
     for c in range(n_noise):
         npow[c] = 0.0
+    # pass 1: each voice's frame, partial spectrum and amplitude, the noise power
     for v in range(n_live):
         s = live[v]
         # note time (the table is the note at the block's end) and frames
@@ -624,6 +654,7 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             tt = t
             past_a = 0.0
             past_b = 0.0
+        tv[s] = t
         fpos = _interp_index(tt, times, n_frames)
         i0 = min(np.int64(fpos), n_frames - 2)
         fr = fpos - i0
@@ -650,29 +681,14 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             dark = np.float32(bright * (1.0 - expr[1, s]))
             for j in range(n):
                 db[j] = db[j] - dark * log2k[j]
-        nt = size[s]
-        half = nt // 2
+        c = _log2(size[s])
+        lanes = counts[c]
+        base = coff[c] + lane[v]
         gv = pgv[s]
         for j in range(n):
             amp = np.float32(math.exp(db[j] * _LN10_20)) * gv[j]
-            cr[j + 1] = amp * cosv[j]
-            ci[j + 1] = amp * sinv[j]
-        for j in range(n + 1, half + 1):
-            cr[j] = 0.0
-            ci[j] = 0.0
-        # the new table into the slot's other buffer; the previous one (silence for a new
-        # note) crossfades into it over the block
-        sel = tsel[s]
-        cur = tables[s, 1 - sel]
-        prev = tables[s, sel]
-        real_table(cr, ci, nt, cur, xr, xi, yr, yi, twr, twi, hmax // half,
-                   pwr, pwi, table_max // nt)
-        cur[nt] = cur[0]
-        if fresh[s]:
-            for i in range(nt + 1):
-                prev[i] = 0.0
-            fresh[s] = 0
-        tsel[s] = 1 - sel
+            cr[base + (j + 1) * lanes] = amp * cosv[j]
+            ci[base + (j + 1) * lanes] = amp * sinv[j]
         # amplitude: ADSR x velocity gain x voice gain (x pressure gain), ramped
         gn = gain[s] * vg
         e0 = env0[v]
@@ -683,11 +699,63 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             start = e0 * gn * pgain[s]
             end = end * g1
             pgain[s] = g1
+            dstep = end - start
         else:
             start = e0 * gn
-        dstep = end - start
-        if not use_pg:
             dstep = (e1 - e0) * gn
+        amps_[2 * v] = start
+        amps_[2 * v + 1] = dstep
+        # this voice's noise power
+        nb = k + n_env
+        for c in range(n_noise):
+            b = np.float32(math.exp(row[nb + c] * _LN10_20)) * end
+            npow[c] += b * b
+    prm[P_PGAIN_ON] = 1.0 if loud > 0.0 else 0.0
+    _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, coff[cn] + noise_lane, counts[cn])
+
+    # pass 2: one batched inverse FFT per table size; each voice's table into its slot's other
+    # buffer (the previous one crossfades into it), the noise frame into its scratch
+    frame = _f32(a, lay, F_FRAME, nfft)
+    for c in range(N_CLASSES):
+        lanes = counts[c]
+        if lanes == 0:
+            continue
+        nt = np.int64(1) << c
+        half = nt // 2
+        o = coff[c]
+        zr, zi = real_tables(cr[o:o + half * lanes], ci[o:o + half * lanes], nt, lanes, xr, xi,
+                             yr, yi, twr, twi, hmax // half, pwr, pwi, table_max // nt)
+        for v in range(n_live):
+            s = live[v]
+            if size[s] != nt:
+                continue
+            cur = tables[s, 1 - tsel[s]]
+            ln = lane[v]
+            for t in range(half):
+                cur[2 * t] = zr[t * lanes + ln]
+                cur[2 * t + 1] = zi[t * lanes + ln]
+            cur[nt] = cur[0]
+        if c == cn:
+            for t in range(half):
+                frame[2 * t] = zr[t * lanes + noise_lane]
+                frame[2 * t + 1] = zi[t * lanes + noise_lane]
+
+    # pass 3: read the tables, previous crossfaded into new, times the amplitude ramp
+    for i in range(bs):
+        mono[i] = 0.0
+    for v in range(n_live):
+        s = live[v]
+        nt = size[s]
+        sel = tsel[s]
+        cur = tables[s, 1 - sel]
+        prev = tables[s, sel]
+        if fresh[s]:  # a new note fades in from silence over its first block
+            for i in range(nt + 1):
+                prev[i] = 0.0
+            fresh[s] = 0
+        tsel[s] = 1 - sel
+        start = amps_[2 * v]
+        dstep = amps_[2 * v + 1]
         ph = np.int64(phase[s])
         inc = incv[s]
         sh = np.int64(shift[s])
@@ -704,25 +772,22 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             wa = wa + (wb - wa) * ramp[i]
             mono[i] += wa * (start + dstep * ramp[i])
         phase[s] = np.uint32((ph + inc * bs) & 0xFFFFFFFF)
-        tv[s] = t
-        # this voice's noise power
-        base = k + n_env
-        for c in range(n_noise):
-            b = np.float32(math.exp(row[base + c] * _LN10_20)) * end
-            npow[c] += b * b
-    prm[P_PGAIN_ON] = 1.0 if loud > 0.0 else 0.0
-    _noise(a, lay, prm, mono, npow, n_noise, bs, nfft, cr, ci, xr, xi, yr, yi, twr, twi, hmax,
-           pwr, pwi, table_max)
+    _noise_add(a, lay, mono, frame, bs, nfft)
 
 
 @njit(cache=True, nogil=True)
-def _noise(a, lay, prm, mono, npow, n_noise, bs, nfft, cr, ci, xr, xi, yr, yi, twr, twi, hmax,
-           pwr, pwi, table_max):
-    """NoiseSynth.render: one frame of shaped noise, windowed, overlap-added into ``mono``."""
+def _log2(n):
+    c = 0
+    while (np.int64(1) << c) < n:
+        c += 1
+    return c
+
+
+@njit(cache=True, nogil=True)
+def _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, base, lanes):
+    """NoiseSynth.render's spectrum: a pooled complex Gaussian frame shaped by the voices'
+    summed band powers, into lane ``base`` (stride ``lanes``) of ``cr``/``ci``."""
     bins = nfft // 2 + 1
-    carry = _f64(a, lay, F_CARRY, nfft)
-    frame = _f32(a, lay, F_FRAME, nfft)
-    window = _f64(a, lay, F_WINDOW, nfft)
     nband = _i64(a, lay, F_NBAND, bins)
     nw0 = _f32(a, lay, F_NW0, bins)
     nw1 = _f32(a, lay, F_NW1, bins)
@@ -730,24 +795,26 @@ def _noise(a, lay, prm, mono, npow, n_noise, bs, nfft, cr, ci, xr, xi, yr, yi, t
     pick = _i64(a, lay, F_NOISE_IDX, np.int64(prm[P_NOISE_DRAWN]))[cursor]
     prm[P_NOISE_CURSOR] = cursor + 1
     po = lay[F_POOL] + pick * bins * 8
-    row = a[po:po + bins * 8].view(np.float32)  # (bins, [re, im])
+    pool = a[po:po + bins * 8].view(np.float32)  # (bins, [re, im])
     scale = np.float32(prm[P_NOISE_SCALE])  # 2 / nfft: irfft's normalisation
-    half = nfft // 2
-    for p in range(bins):
+    for p in range(1, nfft // 2):  # DC and Nyquist lie outside the noise bands
         b = nband[p]
         if b < 0:
-            mag = np.float32(0.0)
-        else:
-            pw = npow[b] * nw0[p]
-            if b + 1 < n_noise:
-                pw += npow[b + 1] * nw1[p]
-            mag = np.float32(math.sqrt(pw))
-        cr[p] = row[2 * p] * mag * scale
-        ci[p] = row[2 * p + 1] * mag * scale
-    cr[half] = 0.0  # Nyquist (outside the noise bands) and DC are not rendered
-    ci[half] = 0.0
-    real_table(cr, ci, nfft, frame, xr, xi, yr, yi, twr, twi, hmax // half, pwr, pwi,
-               table_max // nfft)
+            continue
+        pw = npow[b] * nw0[p]
+        if b + 1 < n_noise:
+            pw += npow[b + 1] * nw1[p]
+        mag = np.float32(math.sqrt(pw)) * scale
+        cr[base + p * lanes] = pool[2 * p] * mag
+        ci[base + p * lanes] = pool[2 * p + 1] * mag
+
+
+@njit(cache=True, nogil=True)
+def _noise_add(a, lay, mono, frame, bs, nfft):
+    """NoiseSynth.render's overlap-add: the windowed frame plus the carried tails into
+    ``mono``; the rest carried on."""
+    carry = _f64(a, lay, F_CARRY, nfft)
+    window = _f64(a, lay, F_WINDOW, nfft)
     keep = nfft - bs
     for i in range(bs):
         mono[i] += np.float32(frame[i] * window[i] + carry[i])
@@ -783,7 +850,6 @@ def render(a, lay, flat, flat_vel, flat_decay, hold, times):
     n_noise = nch - k - n_env
     hmax = wmax // 2  # TABLE_MAX / 2: the largest complex FFT
     stage = _i8(a, lay, F_STAGE, cap)
-    level = _f32(a, lay, F_LEVEL, cap)
     live = _i64(a, lay, F_LIVE, cap)
     mono = _f32(a, lay, F_MONO, bs)
     ramp = _f32(a, lay, F_RAMP, bs)

@@ -98,8 +98,8 @@ def load_kernels():
 
     from morphbox.kernels import compiled
     seconds = time.perf_counter() - t0
-    stats = compiled.render.stats
-    cached = bool(stats.cache_hits) and not stats.cache_misses
+    stats = getattr(compiled.render, "stats", None)
+    cached = bool(stats and stats.cache_hits and not stats.cache_misses)
     from numba.core import config
     cache_dir = config.CACHE_DIR or str(Path(compiled.__file__).parent / "__pycache__")
     _status.update(numba=numba.__version__, load_s=round(seconds, 3), cached=cached,
@@ -172,6 +172,7 @@ class CompiledRender:
         nch = grid.frames_db.shape[-1]
         k_h, n_env = grid.n_harmonics, grid.n_envelope
         hmax = TABLE_MAX // 2
+        work = hmax * (cap + 1)  # a batch of spectra: every voice and the noise frame
         ar = self.arena = k.Arena()
         fields = {"_stage": k.F_STAGE, "_fresh": k.F_FRESH, "_phase": k.F_PHASE,
                   "_shift": k.F_SHIFT, "_note": k.F_NOTE, "_size": k.F_SIZE,
@@ -191,10 +192,12 @@ class CompiledRender:
                 (k.F_PGV, np.float32, (cap, MAX_PARTIALS)), (k.F_EIV, np.int32, (cap, n_above)),
                 (k.F_EWV, np.float32, (cap, n_above)), (k.F_LIVE, np.int64, cap),
                 (k.F_ENV0, np.float32, cap), (k.F_ROW, np.float32, nch),
-                (k.F_DB, np.float32, MAX_PARTIALS), (k.F_CR, np.float32, hmax + 1),
-                (k.F_CI, np.float32, hmax + 1), (k.F_XR, np.float32, hmax),
-                (k.F_XI, np.float32, hmax), (k.F_YR, np.float32, hmax),
-                (k.F_YI, np.float32, hmax), (k.F_MONO, np.float32, bs),
+                (k.F_DB, np.float32, MAX_PARTIALS), (k.F_CR, np.float32, work),
+                (k.F_CI, np.float32, work), (k.F_XR, np.float32, work),
+                (k.F_XI, np.float32, work), (k.F_YR, np.float32, work),
+                (k.F_YI, np.float32, work), (k.F_MONO, np.float32, bs),
+                (k.F_LANE, np.int64, cap), (k.F_AMP, np.float32, 2 * cap),
+                (k.F_CLASS, np.int64, 2 * k.N_CLASSES),
                 (k.F_NPOW, np.float32, max(grid.n_noise_bands, 1)),
                 (k.F_CARRY, np.float64, nfft), (k.F_FRAME, np.float32, nfft),
                 (k.F_NOISE_IDX, np.int64, _NOISE_DRAW),
@@ -207,6 +210,8 @@ class CompiledRender:
                 (k.F_ECENTRE, np.float64, max(n_env, 1))):
             ar.add(field, dtype, shape)
         ar.build()
+        missing = set(range(k.N_FIELDS)) - set(ar._spec)
+        assert not missing, f"arena fields without a place: {sorted(missing)}"
         for name, field in fields.items():  # the engine's arrays move into the arena
             view = ar.view(field)
             view[...] = getattr(e, name)
@@ -347,7 +352,7 @@ class CompiledRender:
     def _warm(self, grid) -> None:
         """Render one block with a voice on a copy of this arena (then put it back): the
         kernels run once before any audio does; their time goes into :func:`kernel_status`."""
-        k, e, ar = self._k, self.engine, self.arena
+        e, ar = self.engine, self.arena
         saved = ar.buffer.copy()
         attrs = {n: getattr(e, n) for n in ("_glide", "_bend_glide", "_pitch_dirty",
                                             "_pitch_bend", "_spread", "_pgain_on")}
