@@ -152,22 +152,76 @@ def _u8(a, lay, f, n):
 
 
 # ---- inverse real FFT ------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _butterflies(xr, xi, yr, yi, i0, i1, o0, o1, s, tr, ti):
-    """One Stockham group: ``s`` radix-2 butterflies on contiguous runs (vectorised)."""
-    ar_ = xr[i0:i0 + s]
-    ai_ = xi[i0:i0 + s]
-    br_ = xr[i1:i1 + s]
-    bi_ = xi[i1:i1 + s]
-    y0r = yr[o0:o0 + s]
-    y0i = yi[o0:o0 + s]
-    y1r = yr[o1:o1 + s]
-    y1i = yi[o1:o1 + s]
-    for q in range(s):
-        ar = ar_[q]
-        ai = ai_[q]
-        br = br_[q]
-        bi = bi_[q]
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _radix4(xr, xi, yr, yi, a0, step, o, run, w1r, w1i, w2r, w2i, w3r, w3i):
+    """``run`` radix-4 inverse butterflies: inputs at ``a0 + k * step``, outputs at
+    ``o + k * run`` (k = 0..3, contiguous runs, vectorised), output k times ``w_k``."""
+    x0r = xr[a0:a0 + run]
+    x0i = xi[a0:a0 + run]
+    x1r = xr[a0 + step:a0 + step + run]
+    x1i = xi[a0 + step:a0 + step + run]
+    x2r = xr[a0 + 2 * step:a0 + 2 * step + run]
+    x2i = xi[a0 + 2 * step:a0 + 2 * step + run]
+    x3r = xr[a0 + 3 * step:a0 + 3 * step + run]
+    x3i = xi[a0 + 3 * step:a0 + 3 * step + run]
+    y0r = yr[o:o + run]
+    y0i = yi[o:o + run]
+    y1r = yr[o + run:o + 2 * run]
+    y1i = yi[o + run:o + 2 * run]
+    y2r = yr[o + 2 * run:o + 3 * run]
+    y2i = yi[o + 2 * run:o + 3 * run]
+    y3r = yr[o + 3 * run:o + 4 * run]
+    y3i = yi[o + 3 * run:o + 4 * run]
+    for q in range(run):
+        ar = x0r[q]
+        ai = x0i[q]
+        br = x1r[q]
+        bi = x1i[q]
+        cr = x2r[q]
+        ci = x2i[q]
+        dr = x3r[q]
+        di = x3i[q]
+        s0r = ar + cr
+        s0i = ai + ci
+        d0r = ar - cr
+        d0i = ai - ci
+        s1r = br + dr
+        s1i = bi + di
+        d1r = br - dr
+        d1i = bi - di
+        y0r[q] = s0r + s1r
+        y0i[q] = s0i + s1i
+        t1r = d0r - d1i  # d0 + j d1
+        t1i = d0i + d1r
+        t2r = s0r - s1r
+        t2i = s0i - s1i
+        t3r = d0r + d1i  # d0 - j d1
+        t3i = d0i - d1r
+        y1r[q] = t1r * w1r - t1i * w1i
+        y1i[q] = t1r * w1i + t1i * w1r
+        y2r[q] = t2r * w2r - t2i * w2i
+        y2i[q] = t2r * w2i + t2i * w2r
+        y3r[q] = t3r * w3r - t3i * w3i
+        y3i[q] = t3r * w3i + t3i * w3r
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _radix2(xr, xi, yr, yi, a0, a1, o, run, tr, ti):
+    """``run`` radix-2 inverse butterflies: inputs at ``a0``, ``a1``, outputs at ``o`` and
+    ``o + run`` (the second times ``tr + j ti``)."""
+    x0r = xr[a0:a0 + run]
+    x0i = xi[a0:a0 + run]
+    x1r = xr[a1:a1 + run]
+    x1i = xi[a1:a1 + run]
+    y0r = yr[o:o + run]
+    y0i = yi[o:o + run]
+    y1r = yr[o + run:o + 2 * run]
+    y1i = yi[o + run:o + 2 * run]
+    for q in range(run):
+        ar = x0r[q]
+        ai = x0i[q]
+        br = x1r[q]
+        bi = x1i[q]
         y0r[q] = ar + br
         y0i[q] = ai + bi
         dr = ar - br
@@ -180,44 +234,35 @@ def _butterflies(xr, xi, yr, yi, i0, i1, o0, o1, s, tr, ti):
 def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride, lanes):
     """Unnormalised inverse complex FFTs of ``lanes`` interleaved signals: signal ``v``'s point
     ``i`` is ``xr[i * lanes + v] + j xi[i * lanes + v]``, ``n`` points (a power of two).
-    Radix-2 Stockham (natural order in and out), every butterfly over a contiguous run of
-    ``s * lanes`` values (``s`` the stage's span), so the lanes vectorise even in the first
-    stages. The work buffers ``y*`` are overwritten. ``tw*``: ``exp(2 pi j k / M)`` for
-    k < M / 2 (M = ``n * tw_stride``). Returns 0 when the result is in ``x*``, 1 in ``y*``."""
+    Stockham autosort (natural order in and out), radix 4 (and one radix-2 stage when
+    ``log2 n`` is odd); every butterfly runs over ``s * lanes`` contiguous values (``s`` the
+    stage's stride), so the lanes vectorise even in the first stages. The work buffers ``y*``
+    are overwritten. ``tw*``: ``exp(2 pi j k / M)`` for k < M (M = ``n * tw_stride``).
+    Returns 0 when the result is in ``x*``, 1 when in ``y*``."""
     nc = n
     s = 1
     flip = 0
     while nc > 1:
-        m = nc // 2
-        step = s * tw_stride
         run = s * lanes
-        if run >= 4:
+        if nc % 4 == 0:
+            m = nc // 4
             for p in range(m):
-                _butterflies(xr, xi, yr, yi, run * p, run * (p + m), 2 * run * p,
-                             2 * run * p + run, run, twr[p * step], twi[p * step])
+                i1 = p * s * tw_stride
+                _radix4(xr, xi, yr, yi, run * p, run * m, 4 * run * p, run, twr[i1], twi[i1],
+                        twr[2 * i1], twi[2 * i1], twr[3 * i1], twi[3 * i1])
+            nc = m
+            s *= 4
         else:
-            for q in range(run):
-                for p in range(m):
-                    tr = twr[p * step]
-                    ti = twi[p * step]
-                    a0 = q + run * p
-                    a1 = a0 + run * m
-                    ar = xr[a0]
-                    ai = xi[a0]
-                    br = xr[a1]
-                    bi = xi[a1]
-                    b0 = q + 2 * run * p
-                    yr[b0] = ar + br
-                    yi[b0] = ai + bi
-                    dr = ar - br
-                    di = ai - bi
-                    yr[b0 + run] = dr * tr - di * ti
-                    yi[b0 + run] = dr * ti + di * tr
+            m = nc // 2
+            for p in range(m):
+                i1 = p * s * tw_stride
+                _radix2(xr, xi, yr, yi, run * p, run * (p + m), 2 * run * p, run, twr[i1],
+                        twi[i1])
+            nc = m
+            s *= 2
         xr, yr = yr, xr
         xi, yi = yi, xi
         flip ^= 1
-        nc = m
-        s *= 2
     return flip
 
 
@@ -237,9 +282,9 @@ def real_tables(cr, ci, n, lanes, xr, xi, yr, yi, twr, twi, tw_stride, pwr, pwi,
     for v in range(lanes):
         xr[v] = 0.0
         xi[v] = 0.0
-    for p in range(1, m):
+    for p in range(1, (m + 1) // 2):  # Z_p and Z_{m-p} from the same two bins
         q = m - p
-        wr = pwr[p * pw_stride]
+        wr = pwr[p * pw_stride]  # exp(2 pi j p / n); exp(2 pi j q / n) = -conj of it
         wi = pwi[p * pw_stride]
         ap = p * lanes
         aq = q * lanes
@@ -247,15 +292,33 @@ def real_tables(cr, ci, n, lanes, xr, xi, yr, yi, twr, twi, tw_stride, pwr, pwi,
             ar = cr[ap + v]
             ai = ci[ap + v]
             br = cr[aq + v]
-            bi = -ci[aq + v]
-            er = half * (ar + br)
-            ei = half * (ai + bi)
-            dr = half * (ar - br)
-            di = half * (ai - bi)
+            bi = ci[aq + v]
+            er = half * (ar + br)  # E_p = (c_p + conj c_q) / 2, E_q = conj E_p
+            ei = half * (ai - bi)
+            dr = half * (ar - br)  # D_p = (c_p - conj c_q) / 2, D_q = -conj D_p
+            di = half * (ai + bi)
+            orr = dr * wr - di * wi  # O_p = D_p w_p
+            oi = dr * wi + di * wr
+            xr[ap + v] = er - oi  # Z_p = E_p + j O_p
+            xi[ap + v] = ei + orr
+            # O_q = D_q w_q = (-conj D_p)(-conj w_p) = conj O_p
+            xr[aq + v] = er + oi
+            xi[aq + v] = orr - ei
+    if m % 2 == 0 and m >= 2:  # the middle bin pairs with itself
+        p = m // 2
+        wr = pwr[p * pw_stride]
+        wi = pwi[p * pw_stride]
+        ap = p * lanes
+        for v in range(lanes):
+            ar = cr[ap + v]
+            ai = ci[ap + v]
+            er = ar  # E = (c + conj c) / 2
+            dr = np.float32(0.0)  # D = (c - conj c) / 2 = j ai
+            di = ai
             orr = dr * wr - di * wi
             oi = dr * wi + di * wr
             xr[ap + v] = er - oi
-            xi[ap + v] = ei + orr
+            xi[ap + v] = orr
     if _ifft(xr, xi, yr, yi, twr, twi, m, tw_stride, lanes):
         return yr, yi
     return xr, xi
@@ -512,8 +575,8 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
     ramp = _f32(a, lay, F_RAMP, bs)
     cosv = _f32(a, lay, F_COS, maxp)
     sinv = _f32(a, lay, F_SIN, maxp)
-    twr = _f32(a, lay, F_TW, hmax)        # exp(2 pi j k / hmax), k < hmax / 2: [re | im]
-    twi = _f32(a, lay, F_TW, hmax)[hmax // 2:]
+    twr = _f32(a, lay, F_TW, 2 * hmax)    # exp(2 pi j k / hmax), k < hmax: [re | im]
+    twi = _f32(a, lay, F_TW, 2 * hmax)[hmax:]
     pwr = _f32(a, lay, F_TWR, wmax - 1)   # exp(2 pi j k / TABLE_MAX), k < TABLE_MAX / 2
     pwi = _f32(a, lay, F_TWR, wmax - 1)[hmax:]
     log2k = _f32(a, lay, F_LOG2K, maxp)

@@ -205,7 +205,7 @@ class CompiledRender:
                 (k.F_WINDOW, np.float64, nfft), (k.F_NBAND, np.int64, bins),
                 (k.F_NW0, np.float32, bins), (k.F_NW1, np.float32, bins),
                 (k.F_RAMP, np.float32, bs), (k.F_COS, np.float32, MAX_PARTIALS),
-                (k.F_SIN, np.float32, MAX_PARTIALS), (k.F_TW, np.float32, hmax),
+                (k.F_SIN, np.float32, MAX_PARTIALS), (k.F_TW, np.float32, 2 * hmax),
                 (k.F_TWR, np.float32, TABLE_MAX), (k.F_LOG2K, np.float32, MAX_PARTIALS),
                 (k.F_ECENTRE, np.float64, max(n_env, 1))):
             ar.add(field, dtype, shape)
@@ -260,7 +260,7 @@ class CompiledRender:
         ar.view(k.F_COS)[:] = np.cos(theta)
         ar.view(k.F_SIN)[:] = np.sin(theta)
         hmax = TABLE_MAX // 2
-        w = np.exp(2j * np.pi * np.arange(hmax // 2) / hmax)
+        w = np.exp(2j * np.pi * np.arange(hmax) / hmax)
         ar.view(k.F_TW)[:] = np.concatenate([w.real, w.imag])
         w = np.exp(2j * np.pi * np.arange(hmax) / TABLE_MAX)
         ar.view(k.F_TWR)[:] = np.concatenate([w.real, w.imag])
