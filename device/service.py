@@ -38,6 +38,7 @@ from pathlib import Path
 
 from morphbox.device.common import state_dir
 from morphbox.device.engine.audio import PacedNullOutput
+from morphbox.device.engine.compiled import engine_status, use_cache_dir
 from morphbox.device.engine.corners import CornerSelector, instrument_names
 from morphbox.device.engine.voices import Engine, EngineConfig
 from morphbox.device.midi.recorder import Recorder
@@ -83,6 +84,8 @@ class Service:
         self.state_dir = state_dir(cfg.state_dir)
         self.store = PackStore(self.state_dir) if cfg.store else None
         self.pack = self._startup_pack()
+        # numba keeps the compiled render kernel in the state dir: a reboot loads it
+        use_cache_dir(self.state_dir / "numba-cache")
         self.engine = Engine(grid_from_pack(self.pack), cfg.engine)
         self.controls = self.engine.controls
         self.corners = CornerSelector(self.engine, self.pack, on_change=self._corners_changed)
@@ -264,7 +267,8 @@ class Service:
                 "corners": instrument_names(self.pack, self.corners.corners),
                 "voices": self.engine.active_voices, "audio_device": self.output.device_name,
                 "blocks": st.blocks, "late_blocks": st.late_blocks, "xruns": st.xruns,
-                "errors": st.errors, "recording": self.recorder.recording}
+                "errors": st.errors, "recording": self.recorder.recording,
+                "engine": engine_status(self.engine)}
 
     def run(self, seconds: float | None = None) -> dict:
         """Start, run until ``seconds`` pass or SIGINT/SIGTERM, stop; returns the status."""

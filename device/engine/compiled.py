@@ -135,6 +135,13 @@ def kernel_status() -> dict:
     return dict(_status)
 
 
+def engine_status(engine) -> dict:
+    """``{"render": "compiled" | "numpy", ...}``: which render ``engine`` uses and, compiled,
+    :func:`kernel_status` (for the service's status and log)."""
+    kind = getattr(engine, "kernel", None)
+    return {"render": kind, **(kernel_status() if kind == "compiled" else {})}
+
+
 def _say_once(key: str, msg: str, *args, level: int = logging.INFO) -> None:
     if key in _warned:
         log.debug(msg, *args)
