@@ -4,7 +4,8 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := fluidsynth fluid-soundfont-gm portaudio19-dev jackd2 libsndfile1 python3-venv \
+APT_PKGS := fluidsynth fluid-soundfont-gm musescore-general-soundfont portaudio19-dev jackd2 \
+            libsndfile1 python3-venv \
             chromium chromium-driver
 STAMPS  := .make
 

@@ -9,7 +9,7 @@ anchor:
 
 * ``frame dB``: mean |decoded - analysed| over partials within 60 dB of the frame's strongest
   (every frame, every partial: includes frame-to-frame jitter of weak partials);
-* ``spectrum dB``: the partial spectrum averaged over frames 10..80 (0.2-1.6 s), normalised to
+* ``spectrum dB``: the partial spectrum averaged over the frames in 0.2-1.6 s, normalised to
   its strongest partial, first 24 partials floored at -40 dB, mean |difference| (the measure
   of ``tests/device/test_engine.py``; 3 dB is that test's limit);
 * ``level dB``: mean |difference| of the strongest partial's level.
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from morphbox.device.engine.corners import build_grid, neural_grid_codes  # noqa: E402
+from morphbox.device.engine.corners import build_grid, decode_grid  # noqa: E402
 from morphbox.device.packs.format import DEFAULT_PACK, load_pack  # noqa: E402
 from morphbox.kernels.grid import CORNERS, spectral_grid  # noqa: E402
 from morphbox.kernels.quant import dequantize_db  # noqa: E402
@@ -43,9 +43,12 @@ def frame_db(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b)[audible].mean())
 
 
+SPAN = slice(0, None)  # frames at 0.2..1.6 s, set from the pack's frame times in main()
+
+
 def spectrum(x: np.ndarray) -> np.ndarray:
     """``(..., frames, K)`` dB -> ``(..., 24)`` averaged, normalised, floored at -40 dB."""
-    m = x[..., 10:81, :24].mean(axis=-2)
+    m = x[..., SPAN, :24].mean(axis=-2)
     return np.maximum(m - m.max(axis=-1, keepdims=True), -40.0)
 
 
@@ -59,6 +62,9 @@ def main() -> int:
         return 2
     m = pack.manifest
     harm = dequantize_db(pack.arrays["instruments_harmonics"])
+    global SPAN
+    t = pack.frame_times
+    SPAN = slice(int(np.searchsorted(t, 0.2)), int(np.searchsorted(t, 1.6)) + 1)
     print(f"pack {pack.name}, model {m['model']['version']} ({m['model']['quantization']}), "
           f"{len(m['pitch_anchors'])} anchors\n")
     print("| instrument | frame dB | spectrum dB (mean) | spectrum dB (worst anchor) | "
@@ -67,10 +73,9 @@ def main() -> int:
     rows = []
     for i, name in enumerate(pack.instrument_names):
         idx = [i] * 4
-        codes, _ = neural_grid_codes(pack.decoder, pack.z_corners(idx),
-                                     pack.arrays["instruments_loudness"][idx],
-                                     m["pitch_anchors"], 2)
-        dec, ref = dequantize_db(codes[0, 0]), harm[i]
+        decoded = decode_grid(pack.decoder, pack.z_corners(idx),
+                              pack.arrays["instruments_loudness"][idx], m["pitch_anchors"], 2)
+        dec, ref = decoded[0, 0, ..., :64], harm[i]
         spec = np.abs(spectrum(dec) - spectrum(ref)).mean(axis=-1)
         row = (frame_db(dec, ref), float(spec.mean()), float(spec.max()),
                float(np.abs(dec.max(-1) - ref.max(-1)).mean()))

@@ -61,21 +61,23 @@ def neural_pack_from_shipped(model: Path) -> Path:
     src = load_pack(DEFAULT_PACK)
     if src.is_neural and src.blobs["decoder"] == model.read_bytes():
         return DEFAULT_PACK
+    from morphbox.device.engine.corners import CORNER_MEMBERS, grid_codes
     from morphbox.host_tools.packbuild import PackSettings, neural_members, resolve_model
+    from morphbox.kernels.grid import CORNERS
     m = dict(src.manifest)
     nm = resolve_model(model)
     s = PackSettings(name="bench-rebuild", anchors=tuple(m["pitch_anchors"]),
                      corners=m["corners"], grid_size=m["grid_size"])
     pitches = np.array([[n["pitch"] for n in i["notes"]] for i in m["instruments"]], float)
-    gh, gn, extra = neural_members(nm, src.arrays["instruments_harmonics"],
-                                   src.arrays["instruments_noise"],
-                                   src.arrays["instruments_loudness"], pitches, s)
+    inst = {k: v for k, v in src.arrays.items() if k.startswith("instruments_")}
+    decoded, extra = neural_members(nm, inst, pitches, s)
     for k in ("members", "format", "format_version"):
         m.pop(k)
     m.update(name="bench-rebuild", mode="neural", model=nm.record,
              neural_grid={"anchor_corners": s.anchor_corners})
-    arrays = dict(src.arrays, grid_harmonics=gh, grid_noise=gn, **extra)
-    return write_pack(BENCH_DIR / "rebuild_pack", m, arrays)
+    idx = [s.corners[c] for c in CORNERS]
+    grid = grid_codes(m, {k: src.arrays[k][idx] for k in CORNER_MEMBERS}, decoded)
+    return write_pack(BENCH_DIR / "rebuild_pack", m, dict(inst, **grid, **extra))
 
 
 def main() -> None:
@@ -97,7 +99,7 @@ def main() -> None:
             if not path.exists():
                 print(f"| {rt} | {label} (no file) | | | | |")
                 continue
-            for b, t, threads in ((1296, 81, 1), (1296, 81, cpus), (1, 81, 1)):
+            for b, t, threads in ((81, 161, 1), (81, 161, cpus), (1, 161, 1)):
                 us = time_decode(module, path, b, t, threads,
                                  args.repeats if b > 1 else args.repeats * 20)
                 print(f"| {rt} | {label} | {b} x {t} | {threads} | {us:.2f} | "

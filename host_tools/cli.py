@@ -95,7 +95,9 @@ def cmd_pack_build(args) -> int:
     from morphbox.host_tools.sources import GM_PROGRAM_NAMES
     kw = {"name": args.name, "grid_size": args.grid_size, "velocity": args.velocity,
           "mode": args.mode, "model": args.model, "seed": args.seed,
-          "anchor_corners": not args.no_anchor_corners}
+          "anchor_corners": not args.no_anchor_corners, "soundfont": args.soundfont}
+    if args.velocity_layers:
+        kw["velocity_layers"] = tuple(args.velocity_layers)
     if args.mode == "neural" and not args.model:
         print("error: --mode neural needs --model (a .tflite with encode and decode "
               "signatures, or a training run directory)", file=sys.stderr)
@@ -282,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pitch anchors as MIDI range (default 24 96 4)")
     sp.add_argument("--grid-size", type=int, default=9)
     sp.add_argument("--velocity", type=int, default=100)
+    sp.add_argument("--velocity-layers", type=int, nargs="+", metavar="VEL",
+                    help="velocities each note is also analysed at (default 20 60 100 127)")
+    sp.add_argument("--soundfont", metavar="SF2",
+                    help="SoundFont of the --programs (default FluidR3_GM; a velocity-layered "
+                    "one, e.g. /usr/share/sounds/sf3/MuseScore_General.sf3, gives notes that "
+                    "change colour with velocity)")
     sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
     sp.add_argument("--mode", choices=("spectral", "neural"), default="neural",
                     help="neural (default): embeddings mixed and decoded by the model (the "

@@ -99,11 +99,12 @@ class InstrumentSpec:
     soundfont: str | None = None
     bank: int = 0
 
-    def describe(self) -> dict:
+    def describe(self, default_soundfont: str | None = None) -> dict:
         if self.wav_folder is not None:
             return {"name": self.name, "source": {"kind": "wav_folder",
                                                   "folder": os.path.basename(self.wav_folder)}}
-        font = os.path.basename(self.soundfont) if self.soundfont else "FluidR3_GM.sf2"
+        font = self.soundfont or default_soundfont
+        font = os.path.basename(font) if font else "FluidR3_GM.sf2"
         src = {"kind": "soundfont", "soundfont": font, "program": self.program}
         if self.bank:
             src["bank"] = self.bank
@@ -442,7 +443,7 @@ def build_pack(out: str | os.PathLike = DEFAULT_PACK, settings: PackSettings | N
         "loop": {"start": loop_start, "end": loop_end, "style": "forward",
                  "crossfade_s": settings.crossfade_s},
         "db_quantisation": {"min_db": -120.0, "step_db": 0.5},
-        "instruments": [dict(s.describe(), notes=r.notes, gain_db=r.gain_db)
+        "instruments": [dict(s.describe(settings.soundfont), notes=r.notes, gain_db=r.gain_db)
                         for s, r in zip(specs, results)],
         "corners": dict(settings.corners),
         **({"model": model.record,

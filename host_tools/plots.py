@@ -1,4 +1,5 @@
-"""Pictures: the demo's spectrogram with its touch path, and a pack's morph grid."""
+"""Pictures: the demo's spectrogram with its touch path, a pack's morph grid, and held notes'
+decay curves against their sources."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def save_figure(fig, out: str | Path, dpi: int) -> Path:
 
 def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.ndarray,
               out: str | Path, title: str = "") -> Path:
-    """Spectrogram (dB, 0..8 kHz) of mono ``audio`` above the touch path (x, y vs time) and
+    """Spectrogram (dB, 0..20 kHz) of mono ``audio`` above the touch path (x, y vs time) and
     the corner weights it implies. Writes a PNG; returns its path."""
     from morphbox.kernels.grid import CORNERS, corner_weights
     plt = pyplot()
@@ -38,7 +39,7 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
     frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
     spec = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
     freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
-    keep = freqs <= 8000
+    keep = freqs <= 20000
     t = (np.arange(spec.shape[1]) * hop + n_fft / 2) / sample_rate
     vmax = spec[keep].max()
     ax0.pcolormesh(t, freqs[keep] / 1000, spec[keep], shading="auto", cmap="magma",
@@ -89,3 +90,57 @@ def plot_grid(pack, out: str | Path, anchor_pitch: int = 60, frame_s: float = 1.
     fig.suptitle(f"Morph grid of '{pack.name}' ({pack.manifest['mode']} mode): first 32 "
                  f"partials, MIDI {int(grid.anchors[a])}, t = {frame_s:g} s, dB", fontsize=11)
     return save_figure(fig, out, dpi=80)
+
+
+def plot_decay_curves(pack, out: str | Path, programs: dict[str, int], pitch: int = 60,
+                      hold_s: float = 5.0) -> Path:
+    """Held notes against their sources: for each ``{instrument name: GM program}`` of
+    ``pack``, the level (dB, 100 ms RMS every 50 ms) of MIDI ``pitch`` held ``hold_s`` at
+    velocity 100, played by the engine (the instrument on every corner) and rendered by
+    FluidSynth from the SoundFont, levels matched over the first second; the analysed span
+    and the loop marked. Writes a PNG; returns its path."""
+    from morphbox.device.engine.controls import Controls, ControlState
+    from morphbox.device.engine.corners import build_grid
+    from morphbox.device.engine.voices import Engine
+    from morphbox.host_tools.sources import SoundFontRenderer
+    plt = pyplot()
+    sr = 48000
+
+    def level(x):
+        hop, win = sr // 20, sr // 10
+        n = (len(x) - win) // hop
+        ms = np.array([np.mean(x[i * hop:i * hop + win] ** 2) for i in range(n)])
+        return (np.arange(n) * hop + win / 2) / sr, 10 * np.log10(ms + 1e-20)
+
+    names = list(programs)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    times = pack.frame_times
+    loop = pack.manifest["loop"]
+    with SoundFontRenderer() as renderer:
+        for ax, name in zip(axes, names):
+            i = pack.instrument_names.index(name)
+            grid = build_grid(pack, {c: i for c in ("NW", "NE", "SW", "SE")})
+            e = Engine(grid, controls=Controls(ControlState(x=0, y=0, attack_s=0.001,
+                                                            sustain=1.0, volume=1.0)))
+            e.note_on(pitch, 100)
+            eng = np.concatenate([e.render_block()[:, 0].copy()
+                                  for _ in range(int(hold_s * sr / 128))])
+            src = renderer.render_audio(programs[name], pitch, 100, hold_s, hold_s)
+            t, le = level(eng)
+            ts, ls = level(src)
+            k = t < 1.0
+            le = le - (le[k].max() - ls[k].max())
+            top = max(ls.max(), le.max())
+            ax.plot(ts, ls - top, color="0.55", lw=2.2, label="source (FluidSynth)")
+            ax.plot(t, le - top, color="C3", lw=1.2, label="morphbox")
+            ax.axvspan(times[loop["start"]], times[loop["end"]], color="C0", alpha=0.08)
+            ax.axvline(times[-1], color="C0", lw=0.8, ls=":")
+            ax.set_title(f"{name}, MIDI {pitch}", fontsize=9)
+            ax.set_xlabel("s")
+            ax.set_ylim(-70, 3)
+    axes[0].set_ylabel("level (dB, 100 ms RMS)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Held notes: the pack stores 2.5 s (dotted line; shaded: the loop); after it "
+                 "a decaying note keeps decaying, a sustaining one loops", fontsize=9)
+    return save_figure(fig, out, dpi=90)

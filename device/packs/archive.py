@@ -36,7 +36,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from morphbox.device.packs.format import _NAME as _PACK_MEMBER_NAME
-from morphbox.device.packs.format import FORMAT, FORMAT_VERSIONS, MANIFEST
+from morphbox.device.packs.format import (
+    FORMAT,
+    FORMAT_VERSIONS,
+    MANIFEST,
+    REBUILD,
+    RETIRED_VERSIONS,
+)
 
 MAGIC = b"MBPACK"
 ARCHIVE_VERSION = 1
@@ -223,8 +229,9 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
                            "format")
     pv = header.get("pack_format_version")
     if pv not in FORMAT_VERSIONS:
+        hint = f"; {REBUILD}" if pv in RETIRED_VERSIONS else ""
         raise ArchiveError(f"incompatible pack: format version {pv!r}, this device reads "
-                           f"versions {', '.join(map(str, FORMAT_VERSIONS))}", "version")
+                           f"versions {', '.join(map(str, FORMAT_VERSIONS))}{hint}", "version")
     name = header.get("name")
     if not isinstance(name, str) or not PACK_NAME.match(name):
         raise ArchiveError(f"pack name {name!r} is not allowed (letters, digits, . _ -; at most "

@@ -63,7 +63,7 @@ def test_status_and_list_are_open(box):
     st, body = box["api"]("GET", "/api/status", token=None)
     assert st == 200
     assert body["active"] == box["first"] and body["pack"] == "p120"
-    assert body["pack_format_versions"] == [1, 2] and body["archive_version"] == 1
+    assert body["pack_format_versions"] == [3] and body["archive_version"] == 1
     assert body["audio"]["errors"] == 0 and body["corners"]["NW"] == "p120-inst0"
     st, packs = box["api"]("GET", "/api/packs", token=None)
     assert st == 200 and [p["id"] for p in packs] == [BUILTIN, box["first"]]

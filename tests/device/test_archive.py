@@ -26,7 +26,8 @@ from morphbox.device.packs.archive import (
 )
 from morphbox.device.packs.format import load_pack, write_pack
 
-K, B = 64, 32  # the engine's partials and noise bands: every test pack keeps them
+K, E, B = 64, 24, 32  # the engine's partials, envelope and noise bands: every test pack
+C = K + E + B
 
 
 def small_pack(path: Path, name: str = "small", level: int = 160, grid: int = 3,
@@ -39,18 +40,29 @@ def small_pack(path: Path, name: str = "small", level: int = 160, grid: int = 3,
     harm[..., harmonics // 2:] = 0
     noise = rng.integers(0, 40, (n, a, f, B), dtype=np.uint8)
     manifest = {
-        "name": name, "mode": "spectral", "source_sample_rate": 16000, "frame_rate": 50,
-        "frames": f, "harmonics": harmonics, "noise_bands": B, "grid_size": grid,
-        "pitch_anchors": [48, 60, 72], "loop": {"start": 5, "end": 15, "style": "ping-pong"},
+        "name": name, "mode": "spectral", "source_sample_rate": 48000,
+        "frame_times": [round(0.02 * i, 6) for i in range(f)], "velocity": 100,
+        "velocity_layers": [100], "frames": f, "harmonics": harmonics, "envelope_bands": E,
+        "noise_bands": B, "grid_size": grid, "pitch_anchors": [48, 60, 72],
+        "loop": {"start": 5, "end": 15, "style": "forward", "crossfade_s": 0.1},
         "db_quantisation": {"min_db": -120, "step_db": 0.5},
         "instruments": [{"name": f"{name}-inst{i}", "source": {"kind": "test"}, "notes": []}
                         for i in range(n)],
         "corners": {"NW": 0, "NE": 1, "SW": 2, "SE": 3}, "provenance": {"tool": "test"}}
+    c = harmonics + E + B
     arrays = {"instruments_harmonics": harm, "instruments_noise": noise,
+              "instruments_envelope": np.zeros((n, a, f, E), np.uint8),
               "instruments_loudness": np.full((n, a, f), -20, np.float32),
               "instruments_pitch_cents": np.zeros((n, a), np.float32),
+              "instruments_decay": np.zeros((n, a, 2, c), np.uint8),
+              "instruments_velocity": np.zeros((n, a, 1, c), np.int8),
+              "instruments_hold": np.zeros((n, a), np.float32),
               "grid_harmonics": np.full((grid, grid, a, f, harmonics), level, np.uint8),
-              "grid_noise": np.full((grid, grid, a, f, B), 20, np.uint8)}
+              "grid_envelope": np.zeros((grid, grid, a, f, E), np.uint8),
+              "grid_noise": np.full((grid, grid, a, f, B), 20, np.uint8),
+              "grid_decay": np.zeros((grid, grid, a, 2, c), np.uint8),
+              "grid_velocity": np.zeros((grid, grid, a, 1, c), np.int8),
+              "grid_hold": np.zeros((grid, grid, a), np.float32)}
     write_pack(path, manifest, arrays)
     if version is not None:  # rewrite the manifest with another format version
         m = json.loads((path / "manifest.json").read_text())
@@ -81,7 +93,7 @@ def raw_archive(tmp: Path, key, pack: Path, rename: dict | None = None,
     datas = [(pack / n).read_bytes() for n in names]
     members = [{"name": (rename or {}).get(n, n), "bytes": len(d),
                 "sha256": hashlib.sha256(d).hexdigest()} for n, d in zip(names, datas)]
-    header = {"pack_format": "morphbox-pack", "pack_format_version": 1, "name": pack.name,
+    header = {"pack_format": "morphbox-pack", "pack_format_version": 3, "name": pack.name,
               "key_id": key_id(public_raw(key)), "created": "now", "tool": "test",
               "members": members}
     if header_edit:
@@ -191,9 +203,13 @@ def test_unknown_format_versions_are_refused(tmp_path):
     arc = raw_archive(tmp_path, key, pack, header_edit=lambda h: h.update(
         pack_format_version=99))
     with pytest.raises(ArchiveError, match="incompatible pack: format version 99, this device "
-                                           "reads versions 1, 2") as e:
+                                           "reads versions 3$") as e:
         extract(arc, tmp_path / "out", trusted(key))
     assert e.value.code == "version"
+    arc = raw_archive(tmp_path, key, pack, header_edit=lambda h: h.update(
+        pack_format_version=2))  # a pack from before full-band sound: say how to rebuild it
+    with pytest.raises(ArchiveError, match="reads versions 3; rebuild it .*morphbox pack build"):
+        extract(arc, tmp_path / "out2", trusted(key))
     arc = write_raw_archive(tmp_path / "v9.mbpack", {"key_id": "x"}, [], key, version=9)
     with pytest.raises(ArchiveError, match="incompatible archive version 9"):
         read_header(open(arc, "rb"), trusted(key))

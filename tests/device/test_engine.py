@@ -187,12 +187,12 @@ def test_velocity_outside_the_layers_follows_the_dls_curve():
     """A grid with one velocity layer (100): any other velocity scales the level by the DLS
     curve (v / 100)^2, timbre unchanged."""
     levels = []
-    for vel in (127, 64):
+    for vel in (100, 50):  # (quiet enough that the limiter stays out of the way)
         e = make_engine(bright_grid(), 0.2, 0.2)
         e.note_on(60, vel)
         levels.append(np.sqrt(np.mean(mono(e, 0.6)[SR // 4:] ** 2)))
     ratio_db = 20 * np.log10(levels[1] / levels[0])
-    assert abs(ratio_db - 40 * np.log10(64 / 127)) < 0.5
+    assert abs(ratio_db - 40 * np.log10(50 / 100)) < 0.3
 
 
 def test_velocity_layers_set_level_and_timbre(grid):
@@ -255,7 +255,8 @@ def test_grid_swap_while_playing(grid):
     e.set_grid(bright_grid(envelope_db=-60.0))
     b = mono(e, 0.3)
     assert np.isfinite(b).all() and np.abs(b).max() > 0.01
-    assert np.abs(np.diff(np.concatenate([a[-64:], b[:256]]))).max() < 0.2
+    steady = max(np.abs(np.diff(a[-4096:])).max(), np.abs(np.diff(b[-4096:])).max())
+    assert np.abs(np.diff(np.concatenate([a[-64:], b[:256]]))).max() < 1.2 * steady
 
 
 def test_position_skips_the_attack_of_new_notes(grid):
@@ -268,3 +269,72 @@ def test_position_skips_the_attack_of_new_notes(grid):
         e.note_on(60, 110)
         onsets.append(np.abs(mono(e, 0.02)).max())
     assert onsets[1] < 0.5 * onsets[0]
+
+
+# ------------------------------------------------------------------------------------------
+# whole notes and the full band (issue 11), on the default pack
+
+
+def levels_db(x: np.ndarray, win_s: float = 0.1) -> np.ndarray:
+    """RMS level (dB) of consecutive ``win_s`` windows."""
+    n = int(win_s * SR)
+    seg = x[:len(x) // n * n].reshape(-1, n)
+    return 10 * np.log10(np.mean(seg.astype(np.float64) ** 2, axis=1) + 1e-20)
+
+
+def corner_engine(grid, x, y) -> Engine:
+    controls = Controls(ControlState(x=x, y=y, attack_s=0.001, decay_s=0.1, sustain=1.0,
+                                     release_s=0.3, volume=1.0))
+    return Engine(grid, EngineConfig(), controls)
+
+
+def test_a_held_piano_note_decays_for_5_s_and_never_swells(grid):
+    """The piano (SW corner) held 5 s: past its analysed frames it keeps decaying at its own
+    rate, each 100 ms quieter than the loudest before it (within 1 dB), 20 dB down or more
+    by the end (the source loses ~30 dB), never back up as the old ping-pong loop did."""
+    e = corner_engine(grid, 0.0, 1.0)
+    e.note_on(60, 100)
+    lv = levels_db(mono(e, 5.0))
+    peak = int(np.argmax(lv))
+    rise = lv[peak:] - np.minimum.accumulate(lv[peak:])
+    assert rise.max() < 1.0, rise.max()
+    assert lv[-1] < lv[peak] - 20.0
+    assert lv[-1] > lv[peak] - 80.0  # still sounding: a decay, not a cut
+
+
+def test_a_held_flute_note_stays_within_1_db(grid):
+    """The flute (NE corner) sustains: held 5 s, its level over 1..5 s stays within 1 dB
+    peak to peak (no pumping from the loop)."""
+    e = corner_engine(grid, 1.0, 0.0)
+    e.note_on(72, 100)
+    lv = levels_db(mono(e, 5.0), 0.25)[4:]
+    assert np.ptp(lv) <= 1.0, np.round(lv, 2)
+
+
+def test_a_high_note_has_partials_above_8_khz_and_nothing_above_nyquist(grid):
+    """MIDI 84 bent up: the sawtooth lead has its partials up to 20 kHz (the old 16 kHz packs
+    stopped at 8 kHz), at exact multiples of f0: nothing folded back from above Nyquist. (Its
+    level moves frame by frame, 50 times a second: that puts sidebands within ~100 Hz of each
+    partial; an alias would land anywhere.)"""
+    import dataclasses
+
+    from morphbox.device.engine.corners import build_grid
+    from morphbox.device.packs.format import load_pack
+    pack = load_pack("device/packs/default")
+    saw = pack.instrument_names.index("Lead 2 (sawtooth)")
+    g = build_grid(pack, {c: saw for c in ("NW", "NE", "SW", "SE")})
+    frames = g.frames_db.copy()
+    frames[..., g.n_harmonics + g.n_envelope:] = -120.0  # its noise would fill the gaps
+    e = corner_engine(dataclasses.replace(g, frames_db=frames), 0.0, 0.0)
+    e.controls.set_bend(0.3)
+    e.note_on(84, 127)
+    audio = mono(e, 1.0)[SR // 5:]
+    spec = np.abs(np.fft.rfft(audio * np.blackman(len(audio)))) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    f0 = float(midi_to_hz(84.3))
+    above = spec[freqs > 8000].sum() / spec.sum()
+    assert 10 * np.log10(above) > -30, 10 * np.log10(above)
+    harmonic = np.abs(freqs / f0 - np.round(freqs / f0)) * f0 < 120.0
+    between = 10 * np.log10(spec[~harmonic].sum() / spec.sum())
+    assert between < -55, between
+    assert freqs[spec > spec.max() * 1e-7].max() < 20500

