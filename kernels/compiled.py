@@ -57,7 +57,7 @@ N_CLASSES = 13  # table sizes 2**0 .. 2**12 (voices 256..2048, the noise frame)
  P_LIM_GAIN, P_LIM_RECOVER, P_LIM_THRESHOLD, P_LIM_KNEE, P_LIM_CEILING,
  P_NOISE_CURSOR, P_NOISE_DRAWN, P_NOISE_SCALE,
  P_G, P_ANCHORS, P_FRAMES, P_CHANNELS, P_K, P_E, P_LAYERS, P_LOOP_END, P_LOOP_T0, P_LOOP_T1,
- P_CAP, P_BS, P_OUT_CH, P_NFFT, P_MAXP, P_TABLE_MAX, P_LIVE) = range(58)
+ P_CAP, P_BS, P_OUT_CH, P_NFFT, P_MAXP, P_TABLE_MAX, P_LIVE, P_NONFINITE) = range(59)
 N_PARAMS = 64
 
 MODE_FOLLOW, MODE_LATCH, MODE_MPE = 0, 1, 2
@@ -384,6 +384,16 @@ def _interp_index(x, times, n):
 
 
 @njit(cache=True, nogil=True)
+def _glide_to(pos, r, s, target, smooth):
+    """One-pole step of ``pos[r, s]`` towards ``target``; lands on it once within 1e-12 (no
+    tail into denormals), as the numpy engine does."""
+    d = target - pos[r, s]
+    pos[r, s] += d * smooth
+    if abs(d) < 1e-12:
+        pos[r, s] = target
+
+
+@njit(cache=True, nogil=True)
 def _floor_weight(w):
     return 0.0 if w < WEIGHT_FLOOR else w
 
@@ -627,7 +637,7 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         if mode == MODE_LATCH:
             for r in range(2):
                 for s in range(cap):
-                    pos[r, s] += (latch[r, s] - pos[r, s]) * sm
+                    _glide_to(pos, r, s, latch[r, s], sm)
         elif mode == MODE_MPE:
             tx = prm[P_TX]
             ty = prm[P_TY]
@@ -639,16 +649,14 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             for s in range(cap):
                 tt_ = ctl[2, s] - tc
                 pr = ctl[1, s]
-                gx = min(max(tx * tt_ + px * pr + sx, 0.0), 1.0)
-                gy = min(max(ty * tt_ + py * pr + sy, 0.0), 1.0)
-                pos[0, s] += (gx - pos[0, s]) * sm
-                pos[1, s] += (gy - pos[1, s]) * sm
+                _glide_to(pos, 0, s, min(max(tx * tt_ + px * pr + sx, 0.0), 1.0), sm)
+                _glide_to(pos, 1, s, min(max(ty * tt_ + py * pr + sy, 0.0), 1.0), sm)
         else:
             sx = prm[P_SNAP_X]
             sy = prm[P_SNAP_Y]
             for s in range(cap):
-                pos[0, s] += (sx - pos[0, s]) * sm
-                pos[1, s] += (sy - pos[1, s]) * sm
+                _glide_to(pos, 0, s, sx, sm)
+                _glide_to(pos, 1, s, sy, sm)
             far = 0.0
             for v in range(n_live):
                 s = live[v]
@@ -938,8 +946,17 @@ def render(a, lay, flat, flat_vel, flat_decay, hold, times):
     vol0 = prm[P_VOL0]
     dv = np.float32(prm[P_VOL1] - vol0)
     v0 = np.float32(vol0)
+    finite = True
     for i in range(bs):
         mono[i] *= v0 + dv * ramp[i]
+        if not math.isfinite(mono[i]):
+            finite = False
+    if not finite:  # never to the DAC or the limiter: count, drop, silence every voice
+        prm[P_NONFINITE] += 1.0
+        for i in range(bs):
+            mono[i] = 0.0
+        for s in range(cap):
+            stage[s] = IDLE
     _limit(mono, ramp, bs, prm)
     out = _f32(a, lay, F_OUT, bs * n_out)
     for i in range(bs):

@@ -355,6 +355,9 @@ class CompiledRender:
         e._glide, e._bend_glide, e._pitch_dirty = int(glide), int(bend_glide), bool(dirty)
         e._pitch_bend = None if pitch_bend != pitch_bend else pitch_bend
         e._pgain_on = bool(p[26])
+        if p[k.P_NONFINITE]:
+            e.nonfinite_blocks += int(p[k.P_NONFINITE])
+            p[k.P_NONFINITE] = 0.0
 
     def _warm(self, grid) -> None:
         """Render one block with a voice on a copy of this arena (then put it back): the

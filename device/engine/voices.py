@@ -202,6 +202,7 @@ class Engine:
         self._out = np.zeros((cfg.block_size, cfg.channels), np.float32)
         self._taps: tuple = ()
         self.blocks = 0
+        self.nonfinite_blocks = 0  # blocks that came out NaN/inf and were played as silence
         # the render after the block's inputs are gathered: numpy (below) or compiled (one
         # kernel call; it moves the per-voice arrays above into its arena)
         self._render = self._render_numpy
@@ -434,11 +435,11 @@ class Engine:
         if grid is not self._grid_seen:
             self._adopt_grid(grid)
         snap = self.controls.snapshot
+        if snap.morph_mode != self._mode:  # before the touch moves: voices were on _x, _y
+            self._change_mode(snap.morph_mode)
         a = self._smooth
         self._x += (snap.x - self._x) * a
         self._y += (snap.y - self._y) * a
-        if snap.morph_mode != self._mode:
-            self._change_mode(snap.morph_mode)
         if self._bend != snap.bend:
             self._bend += (snap.bend - self._bend) * a
             if abs(snap.bend - self._bend) < 1e-4:
@@ -460,6 +461,10 @@ class Engine:
         else:
             mono = self._noise.silence()
         mono *= (vol0 + (vol1 - vol0) * self._ramp)
+        if not np.isfinite(mono).all():  # never to the DAC or the limiter: count, drop, silence
+            self.nonfinite_blocks += 1
+            mono[:] = 0.0
+            self._stage[:] = env.IDLE
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
 
@@ -497,7 +502,9 @@ class Engine:
             np.minimum(np.maximum(target, 0.0, out=target), 1.0, out=target)
         else:
             target = np.array([[snap.x], [snap.y]])
-        pos += (target - pos) * self._smooth
+        d = target - pos
+        pos += d * self._smooth
+        np.copyto(pos, target, where=np.abs(d) < 1e-12)  # arrived: no tail into denormals
         xy = pos[:, live]
         if mode == "follow" and np.abs(xy - [[self._x], [self._y]]).max() < 1e-9:
             self._spread = False  # all arrived: back on the shared touch from the next block
