@@ -33,9 +33,12 @@ Imports: numpy and numba only.
 from __future__ import annotations
 
 import math
+import time
 
-import numpy as np
-from numba import njit
+_T0 = time.perf_counter()
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
 
 # ---- arena fields (layout indices) ------------------------------------------------------------
 (F_PARAMS, F_STAGE, F_FRESH, F_TSEL, F_PHASE, F_SHIFT, F_NOTE, F_SIZE, F_ANCHOR, F_VL,
@@ -43,8 +46,9 @@ from numba import njit
  F_TABLES, F_PKEY, F_PSIZE, F_INC, F_NPART, F_PGV, F_EIV, F_EWV,
  F_LIVE, F_ENV0, F_ROW, F_DB, F_CR, F_CI, F_XR, F_XI, F_YR, F_YI, F_MONO, F_OUT, F_NPOW,
  F_CARRY, F_FRAME, F_NOISE_IDX, F_POOL, F_WINDOW, F_NBAND, F_NW0, F_NW1,
- F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE, F_LANE, F_AMP, F_CLASS) = range(58)
-N_FIELDS = 58
+ F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE, F_LANE, F_AMP, F_CLASS,
+ F_DROOP, F_BITS, F_LIN) = range(61)
+N_FIELDS = 61
 N_CLASSES = 13  # table sizes 2**0 .. 2**12 (voices 256..2048, the noise frame)
 
 # ---- params (float64 field F_PARAMS) -----------------------------------------------------------
@@ -451,11 +455,59 @@ def _mix(row, nch, flat, flat_vel, flat_decay, hold, g, n_anchors, n_frames, n_l
                 row[c] += wr * da[c] + ws * ds[c] + wh * rh[c]
 
 
+_DB_LOG2 = np.float32(np.log2(10.0) / 20.0)  # dB -> log2 of the linear amplitude
+# 2^f on [0, 1): Taylor series of exp(f ln 2) to f^8 (relative error < 2e-8 there)
+_EXP2 = tuple(np.float32(math.log(2.0) ** i / math.factorial(i)) for i in range(8, -1, -1))
+
+
+@njit(cache=True, nogil=True)
+def db_to_linear(db, out, bits, n):
+    """``out[j] = 10 ** (db[j] / 20)`` for j < n, float32 (``bits``: int32 scratch of n).
+
+    As ``2^i * 2^f`` (``i + f = db log2(10) / 20``, a polynomial for ``2^f``, ``2^i`` made from
+    its float32 bits) so the loops vectorise (``math.exp`` does not without SVML): within 2e-6
+    of ``np.exp(db * ln(10) / 20)``. Below -760 dB it is 0; above +760 dB, NaN or inf it is
+    what ``math.exp`` gives (inf, NaN)."""
+    c8, c7, c6, c5, c4, c3, c2, c1, c0 = _EXP2
+    for j in range(n):
+        x = min(max(db[j] * _DB_LOG2, np.float32(-126.0)), np.float32(126.0))
+        fi = math.floor(x)
+        f = x - fi
+        p = c8 * f + c7
+        p = p * f + c6
+        p = p * f + c5
+        p = p * f + c4
+        p = p * f + c3
+        p = p * f + c2
+        p = p * f + c1
+        p = p * f + c0
+        out[j] = p
+        bits[j] = (np.int32(fi) + np.int32(127)) << np.int32(23)
+    scale = bits[:n].view(np.float32)
+    for j in range(n):
+        out[j] *= scale[j]
+    for j in range(n):  # outside the clamp (or NaN): what exp gives
+        x = db[j] * _DB_LOG2
+        if not (np.float32(-126.0) <= x <= np.float32(126.0)):
+            out[j] = 0.0 if x < np.float32(-126.0) else np.float32(math.exp(db[j] * _LN10_20))
+
+
+def droop_gains(size: int, maxp: int) -> np.ndarray:
+    """``(maxp,)`` float32: ``1 / sinc^2(p / size)`` for partials p = 1..maxp below the
+    table headroom, 0 above (the droop factor of
+    :func:`morphbox.kernels.oscillator.partial_gains`, computed as it does)."""
+    rel = np.arange(1, maxp + 1, dtype=np.float64) / size
+    return np.where(rel < _HEADROOM, 1.0 / np.sinc(np.minimum(rel, 0.5)) ** 2, 0.0).astype(
+        np.float32)
+
+
 @njit(cache=True, nogil=True)
 def _pitch(s, note, bend_total, size, sr, band_lo, band_hi, k, n_env, maxp, incv, npart, pgv,
-           eiv, ewv, ecentre):
+           eiv, ewv, ecentre, droop):
     """The engine's ``_update_pitch`` for slot ``s``: f0, phase increment, partial count,
-    partial gains (band limit, headroom, droop) and the envelope interpolation above ``k``."""
+    partial gains (band limit, headroom, droop) and the envelope interpolation above ``k``.
+    ``droop``: ``(maxp,)`` float32 ``1 / sinc^2(p / size)`` below the headroom, 0 above
+    (:func:`droop_gains`)."""
     pitch = min(max(note + bend_total, _PITCH_MIN), _PITCH_MAX)
     f0 = 440.0 * np.exp2((pitch - 69.0) / 12.0)
     incv[s] = np.int64(np.uint32(f0 * (4294967296.0 / sr)))
@@ -468,17 +520,8 @@ def _pitch(s, note, bend_total, size, sr, band_lo, band_hi, k, n_env, maxp, incv
     span32 = np.float32(band_hi - band_lo)
     g = pgv[s]
     for j in range(n):
-        p = j + 1
-        b = (hi32 - f32 * np.float32(p)) / span32
-        b = min(max(b, np.float32(0.0)), np.float32(1.0))
-        rel = p / size
-        if rel < _HEADROOM:
-            xr = math.pi * min(rel, 0.5)
-            sinc = math.sin(xr) / xr
-            b = b * np.float32(1.0 / (sinc * sinc))
-        else:
-            b = np.float32(0.0)
-        g[j] = b
+        b = (hi32 - f32 * np.float32(j + 1)) / span32
+        g[j] = min(max(b, np.float32(0.0)), np.float32(1.0)) * droop[j]
     if n_env and n > k:
         ei = eiv[s]
         ew = ewv[s]
@@ -590,6 +633,8 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
     pwr = _f32(a, lay, F_TWR, wmax - 1)   # exp(2 pi j k / TABLE_MAX), k < TABLE_MAX / 2
     pwi = _f32(a, lay, F_TWR, wmax - 1)[hmax:]
     log2k = _f32(a, lay, F_LOG2K, maxp)
+    lin = _f32(a, lay, F_LIN, max(maxp, n_noise))
+    bits = _i32(a, lay, F_BITS, max(maxp, n_noise))
     ecentre = _f64(a, lay, F_ECENTRE, max(n_env, 1))
     dt = prm[P_DT]
     g = np.int64(prm[P_G])
@@ -667,6 +712,7 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
     # pitch: when the engine would recompute it (a note started, a bend moved), for every live
     # voice whose played pitch or table size differs from what its cache holds
     bend = prm[P_BEND]
+    droop = _f32(a, lay, F_DROOP, N_CLASSES * maxp).reshape((N_CLASSES, maxp))
     if prm[P_PITCH_DIRTY] != 0.0 or bend != prm[P_PITCH_BEND]:
         for v in range(n_live):
             s = live[v]
@@ -674,7 +720,7 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             if pt != pkey[s] or size[s] != psize[s]:
                 _pitch(s, float(note[s]), expr[0, s] + bend, float(size[s]), sr,
                        prm[P_BAND_LO], prm[P_BAND_HI], k, n_env, maxp, incv, npart, pgv,
-                       eiv, ewv, ecentre)
+                       eiv, ewv, ecentre, droop[_log2(size[s])])
                 pkey[s] = pt
                 psize[s] = size[s]
         prm[P_PITCH_DIRTY] = 0.0
@@ -756,8 +802,9 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         lanes = counts[c]
         base = coff[c] + lane[v]
         gv = pgv[s]
+        db_to_linear(db, lin, bits, n)
         for j in range(n):
-            amp = np.float32(math.exp(db[j] * _LN10_20)) * gv[j]
+            amp = lin[j] * gv[j]
             cr[base + (j + 1) * lanes] = amp * cosv[j]
             ci[base + (j + 1) * lanes] = amp * sinv[j]
         # amplitude: ADSR x velocity gain x voice gain (x pressure gain), ramped
@@ -777,9 +824,9 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         amps_[2 * v] = start
         amps_[2 * v + 1] = dstep
         # this voice's noise power
-        nb = k + n_env
+        db_to_linear(row[k + n_env:], lin, bits, n_noise)
         for c in range(n_noise):
-            b = np.float32(math.exp(row[nb + c] * _LN10_20)) * end
+            b = lin[c] * end
             npow[c] += b * b
     prm[P_PGAIN_ON] = 1.0 if loud > 0.0 else 0.0
     _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, coff[cn] + noise_lane, counts[cn])
@@ -962,3 +1009,8 @@ def render(a, lay, flat, flat_vel, flat_decay, hold, times):
     for i in range(bs):
         for c in range(n_out):
             out[i * n_out + c] = mono[i]
+
+
+#: seconds this module took to import: numba, and compiling the kernels or loading them from
+#: numba's cache
+LOAD_S = time.perf_counter() - _T0

@@ -30,7 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from morphbox.kernels.features import envelope_centres, erb_rate
-from morphbox.kernels.oscillator import MAX_PARTIALS, TABLE_MAX, band_edges_hz, schroeder_phases
+from morphbox.kernels.oscillator import (
+    MAX_PARTIALS,
+    TABLE_MAX,
+    TABLE_MIN,
+    band_edges_hz,
+    schroeder_phases,
+)
 
 log = logging.getLogger("morphbox")
 
@@ -93,11 +99,10 @@ def load_kernels():
     global _kernels
     if _kernels is not None:
         return _kernels
-    t0 = time.perf_counter()
     import numba
 
     from morphbox.kernels import compiled
-    seconds = time.perf_counter() - t0
+    seconds = compiled.LOAD_S
     stats = getattr(compiled.render, "stats", None)
     cached = bool(stats and stats.cache_hits and not stats.cache_misses)
     from numba.core import config
@@ -205,6 +210,9 @@ class CompiledRender:
                 (k.F_YI, np.float32, work), (k.F_MONO, np.float32, bs),
                 (k.F_LANE, np.int64, cap), (k.F_AMP, np.float32, 2 * cap),
                 (k.F_CLASS, np.int64, 2 * k.N_CLASSES),
+                (k.F_DROOP, np.float32, (k.N_CLASSES, MAX_PARTIALS)),
+                (k.F_BITS, np.int32, max(MAX_PARTIALS, grid.n_noise_bands)),
+                (k.F_LIN, np.float32, max(MAX_PARTIALS, grid.n_noise_bands)),
                 (k.F_NPOW, np.float32, max(grid.n_noise_bands, 1)),
                 (k.F_CARRY, np.float64, nfft), (k.F_FRAME, np.float32, nfft),
                 (k.F_NOISE_IDX, np.int64, _NOISE_DRAW),
@@ -272,6 +280,10 @@ class CompiledRender:
         w = np.exp(2j * np.pi * np.arange(hmax) / TABLE_MAX)
         ar.view(k.F_TWR)[:] = np.concatenate([w.real, w.imag])
         ar.view(k.F_LOG2K)[:] = e._log2k
+        droop = ar.view(k.F_DROOP)
+        for c in range(k.N_CLASSES):
+            if TABLE_MIN <= 1 << c <= TABLE_MAX:
+                droop[c] = k.droop_gains(1 << c, MAX_PARTIALS)
         if n_env:
             ar.view(k.F_ECENTRE)[:] = erb_rate(envelope_centres(n_env))
         noise = e._noise
@@ -386,4 +398,4 @@ class CompiledRender:
                 setattr(e, n, v)
             e._grid_seen = None  # the engine adopts its grid again at its first block
             self._grid = None
-        _status["warm_s"] = round(time.perf_counter() - t0, 4)
+        _status["warm_s"] = round(time.perf_counter() - t0, 6)

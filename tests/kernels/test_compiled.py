@@ -104,7 +104,8 @@ def test_pitch_cache_matches_the_oscillator_and_envelope_interpolation(note, siz
     ewv = np.zeros((4, MAX_PARTIALS - k), np.float32)
     lo, hi = band_edges_hz(sr)
     K._pitch(2, float(int(note)), note - int(note), float(size), sr, lo, hi, k, n_env,
-             MAX_PARTIALS, incv, npart, pgv, eiv, ewv, erb_rate(envelope_centres(n_env)))
+             MAX_PARTIALS, incv, npart, pgv, eiv, ewv, erb_rate(envelope_centres(n_env)),
+             K.droop_gains(size, MAX_PARTIALS))
     f0 = 440.0 * 2 ** ((note - 69) / 12)
     assert incv[2] == phase_increment(np.array([f0]), sr)[0]
     n = npart[2]
@@ -116,6 +117,18 @@ def test_pitch_cache_matches_the_oscillator_and_envelope_interpolation(note, siz
         ei, ew = envelope_interp(np.array([f0]), k + 1, MAX_PARTIALS - k, n_env)
         np.testing.assert_array_equal(eiv[2, :n - k], ei[0, :n - k])
         np.testing.assert_allclose(ewv[2, :n - k], ew[0, :n - k], atol=1e-6)
+
+
+def test_db_to_linear_matches_numpy_exp_and_keeps_inf_and_nan():
+    db = np.concatenate([np.linspace(-130.0, 40.0, 1001), [-1e4, 1e4, np.inf, -np.inf, np.nan]])
+    db = db.astype(np.float32)
+    out = np.zeros(len(db), np.float32)
+    K.db_to_linear(db, out, np.zeros(len(db), np.int32), len(db))
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.exp(db * np.float32(np.log(10.0) / 20.0))
+    np.testing.assert_allclose(out[:1001], want[:1001], rtol=2e-6)
+    assert out[1001] == 0.0 and out[1002] == np.inf and out[1003] == np.inf
+    assert out[1004] == 0.0 and np.isnan(out[1005])
 
 
 def test_the_limiter_rides_and_clips_like_the_soft_limiter():
