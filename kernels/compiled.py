@@ -210,6 +210,54 @@ def _radix4(xr, xi, yr, yi, a0, step, o, run, w1r, w1i, w2r, w2i, w3r, w3i):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
+def _radix4_short(xr, xi, yr, yi, m, run, twr, twi, step):
+    """A radix-4 stage of :func:`_ifft` whose runs are shorter than a vector: ``m`` groups of
+    ``run`` butterflies, twiddle ``k`` of group p at ``twr[k * p * step]``."""
+    span = run * m
+    for p in range(m):
+        i1 = p * step
+        w1r = twr[i1]
+        w1i = twi[i1]
+        w2r = twr[2 * i1]
+        w2i = twi[2 * i1]
+        w3r = twr[3 * i1]
+        w3i = twi[3 * i1]
+        for q in range(run):
+            a = run * p + q
+            o = 4 * run * p + q
+            ar = xr[a]
+            ai = xi[a]
+            br = xr[a + span]
+            bi = xi[a + span]
+            cr = xr[a + 2 * span]
+            ci = xi[a + 2 * span]
+            dr = xr[a + 3 * span]
+            di = xi[a + 3 * span]
+            s0r = ar + cr
+            s0i = ai + ci
+            d0r = ar - cr
+            d0i = ai - ci
+            s1r = br + dr
+            s1i = bi + di
+            d1r = br - dr
+            d1i = bi - di
+            yr[o] = s0r + s1r
+            yi[o] = s0i + s1i
+            t1r = d0r - d1i
+            t1i = d0i + d1r
+            t2r = s0r - s1r
+            t2i = s0i - s1i
+            t3r = d0r + d1i
+            t3i = d0i - d1r
+            yr[o + run] = t1r * w1r - t1i * w1i
+            yi[o + run] = t1r * w1i + t1i * w1r
+            yr[o + 2 * run] = t2r * w2r - t2i * w2i
+            yi[o + 2 * run] = t2r * w2i + t2i * w2r
+            yr[o + 3 * run] = t3r * w3r - t3i * w3i
+            yi[o + 3 * run] = t3r * w3i + t3i * w3r
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _radix2(xr, xi, yr, yi, a0, a1, o, run, tr, ti):
     """``run`` radix-2 inverse butterflies: inputs at ``a0``, ``a1``, outputs at ``o`` and
     ``o + run`` (the second times ``tr + j ti``)."""
@@ -250,18 +298,41 @@ def _ifft(xr, xi, yr, yi, twr, twi, n, tw_stride, lanes):
         run = s * lanes
         if nc % 4 == 0:
             m = nc // 4
-            for p in range(m):
-                i1 = p * s * tw_stride
-                _radix4(xr, xi, yr, yi, run * p, run * m, 4 * run * p, run, twr[i1], twi[i1],
-                        twr[2 * i1], twi[2 * i1], twr[3 * i1], twi[3 * i1])
+            if run < 4:  # short runs (the first stage of a few lanes): no slices, plain loops
+                _radix4_short(xr, xi, yr, yi, m, run, twr, twi, s * tw_stride)
+            else:
+                for p in range(m):
+                    i1 = p * s * tw_stride
+                    _radix4(xr, xi, yr, yi, run * p, run * m, 4 * run * p, run, twr[i1],
+                            twi[i1], twr[2 * i1], twi[2 * i1], twr[3 * i1], twi[3 * i1])
             nc = m
             s *= 4
         else:
             m = nc // 2
-            for p in range(m):
-                i1 = p * s * tw_stride
-                _radix2(xr, xi, yr, yi, run * p, run * (p + m), 2 * run * p, run, twr[i1],
-                        twi[i1])
+            if run < 4:
+                for p in range(m):
+                    i1 = p * s * tw_stride
+                    tr = twr[i1]
+                    ti = twi[i1]
+                    for q in range(run):
+                        a0 = run * p + q
+                        a1 = a0 + run * m
+                        o = 2 * run * p + q
+                        ar = xr[a0]
+                        ai = xi[a0]
+                        br = xr[a1]
+                        bi = xi[a1]
+                        yr[o] = ar + br
+                        yi[o] = ai + bi
+                        dr = ar - br
+                        di = ai - bi
+                        yr[o + run] = dr * tr - di * ti
+                        yi[o + run] = dr * ti + di * tr
+            else:
+                for p in range(m):
+                    i1 = p * s * tw_stride
+                    _radix2(xr, xi, yr, yi, run * p, run * (p + m), 2 * run * p, run,
+                            twr[i1], twi[i1])
             nc = m
             s *= 2
         xr, yr = yr, xr
