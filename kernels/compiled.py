@@ -45,7 +45,7 @@ from numba import njit  # noqa: E402
  F_LEVEL, F_GAIN, F_VF, F_PGAIN, F_T, F_POS, F_LATCH, F_EXPR, F_CTL,
  F_TABLES, F_PKEY, F_PSIZE, F_INC, F_NPART, F_PGV, F_EIV, F_EWV,
  F_LIVE, F_ENV0, F_ROW, F_DB, F_CR, F_CI, F_XR, F_XI, F_YR, F_YI, F_MONO, F_OUT, F_NPOW,
- F_CARRY, F_FRAME, F_NOISE_IDX, F_POOL, F_WINDOW, F_NBAND, F_NW0, F_NW1,
+ F_CARRY, F_FRAME, F_RNG, F_POOL, F_WINDOW, F_NBAND, F_NW0, F_NW1,
  F_RAMP, F_COS, F_SIN, F_TW, F_TWR, F_LOG2K, F_ECENTRE, F_LANE, F_AMP, F_CLASS,
  F_DROOP, F_BITS, F_LIN) = range(61)
 N_FIELDS = 61
@@ -59,9 +59,9 @@ N_CLASSES = 13  # table sizes 2**0 .. 2**12 (voices 256..2048, the noise frame)
  P_VOICE_GAIN, P_VOL0, P_VOL1,
  P_SR, P_BAND_LO, P_BAND_HI,
  P_LIM_GAIN, P_LIM_RECOVER, P_LIM_THRESHOLD, P_LIM_KNEE, P_LIM_CEILING,
- P_NOISE_CURSOR, P_NOISE_DRAWN, P_NOISE_SCALE,
+ P_POOL, P_NOISE_SCALE,
  P_G, P_ANCHORS, P_FRAMES, P_CHANNELS, P_K, P_E, P_LAYERS, P_LOOP_END, P_LOOP_T0, P_LOOP_T1,
- P_CAP, P_BS, P_OUT_CH, P_NFFT, P_MAXP, P_TABLE_MAX, P_LIVE, P_NONFINITE) = range(59)
+ P_CAP, P_BS, P_OUT_CH, P_NFFT, P_MAXP, P_TABLE_MAX, P_LIVE, P_NONFINITE) = range(58)
 N_PARAMS = 64
 
 MODE_FOLLOW, MODE_LATCH, MODE_MPE = 0, 1, 2
@@ -972,6 +972,65 @@ def _log2(n):
     return c
 
 
+# numpy's PCG64 (XSL-RR 128/64): 128-bit state * multiplier + increment, as 64-bit halves
+_PCG_MUL_HI = np.uint64(0x2360ED051FC65DA4)
+_PCG_MUL_LO = np.uint64(0x4385DF649FCCF645)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, nogil=True)
+def _mulhi64(a, b):
+    """High 64 bits of the 128-bit product of uint64 ``a`` and ``b``."""
+    a_lo = a & _MASK32
+    a_hi = a >> np.uint64(32)
+    b_lo = b & _MASK32
+    b_hi = b >> np.uint64(32)
+    p0 = a_lo * b_lo
+    p1 = a_lo * b_hi
+    p2 = a_hi * b_lo
+    mid = (p0 >> np.uint64(32)) + (p1 & _MASK32) + (p2 & _MASK32)
+    return a_hi * b_hi + (p1 >> np.uint64(32)) + (p2 >> np.uint64(32)) + (mid >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True)
+def _pcg64_uint32(st):
+    """numpy's ``PCG64`` ``next_uint32``: ``st`` = uint64 ``[state_hi, state_lo, inc_hi,
+    inc_lo, has_uint32, uinteger]`` (its ``bit_generator.state``), advanced in place."""
+    if st[4] != np.uint64(0):
+        st[4] = np.uint64(0)
+        return st[5]
+    sh = st[0]
+    sl = st[1]
+    lo = sl * _PCG_MUL_LO
+    hi = sh * _PCG_MUL_LO + sl * _PCG_MUL_HI + _mulhi64(sl, _PCG_MUL_LO)
+    nlo = lo + st[3]
+    nhi = hi + st[2] + (np.uint64(1) if nlo < lo else np.uint64(0))
+    st[0] = nhi
+    st[1] = nlo
+    x = nhi ^ nlo
+    rot = nhi >> np.uint64(58)
+    out = (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+    st[4] = np.uint64(1)
+    st[5] = out >> np.uint64(32)
+    return out & _MASK32
+
+
+@njit(cache=True, nogil=True)
+def pcg64_integer(st, n):
+    """``numpy.random.Generator(PCG64).integers(n)`` (0 <= value < n, n <= 2^32) from the
+    state ``st`` (:func:`_pcg64_uint32`): Lemire's bounded integer as numpy draws it, so the
+    compiled engine's noise is the numpy engine's, pick for pick."""
+    rng = np.uint64(n)
+    m = _pcg64_uint32(st) * rng
+    left = m & _MASK32
+    if left < rng:
+        threshold = (np.uint64(0x100000000) - rng) % rng
+        while left < threshold:
+            m = _pcg64_uint32(st) * rng
+            left = m & _MASK32
+    return np.int64(m >> np.uint64(32))
+
+
 @njit(cache=True, nogil=True)
 def _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, base, lanes):
     """NoiseSynth.render's spectrum: a pooled complex Gaussian frame shaped by the voices'
@@ -980,9 +1039,8 @@ def _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, base, lanes):
     nband = _i64(a, lay, F_NBAND, bins)
     nw0 = _f32(a, lay, F_NW0, bins)
     nw1 = _f32(a, lay, F_NW1, bins)
-    cursor = np.int64(prm[P_NOISE_CURSOR])
-    pick = _i64(a, lay, F_NOISE_IDX, np.int64(prm[P_NOISE_DRAWN]))[cursor]
-    prm[P_NOISE_CURSOR] = cursor + 1
+    o = lay[F_RNG]
+    pick = pcg64_integer(a[o:o + 48].view(np.uint64), np.int64(prm[P_POOL]))
     po = lay[F_POOL] + pick * bins * 8
     pool = a[po:po + bins * 8].view(np.float32)  # (bins, [re, im])
     scale = np.float32(prm[P_NOISE_SCALE])  # 2 / nfft: irfft's normalisation

@@ -43,7 +43,6 @@ log = logging.getLogger("morphbox")
 KERNELS = ("auto", "compiled", "numpy")
 ENV = "MORPHBOX_ENGINE"
 CACHE_ENV = "NUMBA_CACHE_DIR"
-_NOISE_DRAW = 4096  # noise frame picks drawn ahead from the engine's generator (~11 s)
 
 _kernels = None          # the imported morphbox.kernels.compiled
 _status: dict = {}       # kernel_status()
@@ -215,7 +214,7 @@ class CompiledRender:
                 (k.F_LIN, np.float32, max(MAX_PARTIALS, grid.n_noise_bands)),
                 (k.F_NPOW, np.float32, max(grid.n_noise_bands, 1)),
                 (k.F_CARRY, np.float64, nfft), (k.F_FRAME, np.float32, nfft),
-                (k.F_NOISE_IDX, np.int64, _NOISE_DRAW),
+                (k.F_RNG, np.uint64, 6),
                 (k.F_POOL, np.float32, (e._noise._pool.shape[0], bins, 2)),
                 (k.F_WINDOW, np.float64, nfft), (k.F_NBAND, np.int64, bins),
                 (k.F_NW0, np.float32, bins), (k.F_NW1, np.float32, bins),
@@ -235,8 +234,16 @@ class CompiledRender:
         e._timbre = e._ctl[2]
         self._fill_constants(grid, cap, bs, nfft, n_env)
         self._params = p = ar.view(k.F_PARAMS)
-        self._noise_idx = ar.view(k.F_NOISE_IDX)
-        self._draw_noise()
+        # the noise frame picks continue the numpy render's generator (numpy's PCG64, stepped
+        # in the kernel: the same picks, nothing drawn in Python per block)
+        st = e._noise._rng.bit_generator.state
+        if st["bit_generator"] != "PCG64":
+            raise ValueError(f"the compiled noise follows PCG64, not {st['bit_generator']}")
+        full = (1 << 64) - 1
+        ar.view(k.F_RNG)[:] = (st["state"]["state"] >> 64, st["state"]["state"] & full,
+                               st["state"]["inc"] >> 64, st["state"]["inc"] & full,
+                               st["has_uint32"], st["uinteger"])
+        p[k.P_POOL] = e._noise._POOL
         p[k.P_DT] = e._dt
         p[k.P_FADE] = cfg.steal_fade_s
         p[k.P_SMOOTH] = e._smooth
@@ -309,13 +316,6 @@ class CompiledRender:
         ar.view(k.F_NW1)[:] = w1
         ar.view(k.F_CARRY)[:len(noise._carry)] = noise._carry
 
-    def _draw_noise(self) -> None:
-        """The next noise frame picks, from the generator the numpy render draws from."""
-        self._noise_idx[:] = self.engine._noise._rng.integers(
-            self.engine._noise._POOL, size=len(self._noise_idx))
-        self._params[self._k.P_NOISE_CURSOR] = 0
-        self._params[self._k.P_NOISE_DRAWN] = len(self._noise_idx)
-
     def _adopt(self, grid) -> None:
         """Kernel arguments and grid dimensions for ``grid`` (the engine adopted it)."""
         k, p, e = self._k, self._params, self.engine
@@ -359,8 +359,6 @@ class CompiledRender:
                     e._bend, e._x, e._y, snap.x, snap.y)
         p[26] = e._pgain_on
         p[28:30] = (vol0, vol1)
-        if p[k.P_NOISE_CURSOR] >= p[k.P_NOISE_DRAWN]:
-            self._draw_noise()
         self._kernel(self.arena.buffer, self.arena.layout, *self._args)
         e._spread = bool(p[7])
         glide, bend_glide, dirty, pitch_bend = p[10:14].tolist()

@@ -131,6 +131,20 @@ def test_db_to_linear_matches_numpy_exp_and_keeps_inf_and_nan():
     assert out[1004] == 0.0 and np.isnan(out[1005])
 
 
+@pytest.mark.parametrize("n", [256, 1000, 3, 2**32 - 5])
+def test_noise_picks_follow_numpys_generator(n):
+    """The compiled engine steps numpy's PCG64 itself: the same integers as
+    ``Generator.integers(n)``, one by one or in a batch, continuing any state."""
+    rng = np.random.default_rng(7)
+    rng.integers(256)  # a half-used 64-bit output: the buffered upper 32 bits come first
+    s = rng.bit_generator.state
+    full = (1 << 64) - 1
+    st = np.array([s["state"]["state"] >> 64, s["state"]["state"] & full, s["state"]["inc"] >> 64,
+                   s["state"]["inc"] & full, s["has_uint32"], s["uinteger"]], np.uint64)
+    got = [K.pcg64_integer(st, n) for _ in range(3000)]
+    assert got == [int(rng.integers(n)) for _ in range(3000)]
+
+
 def test_the_limiter_rides_and_clips_like_the_soft_limiter():
     rng = np.random.default_rng(3)
     bs = 128
