@@ -31,9 +31,11 @@ spectral splatter as noise, which the engine's own attack makes again anyway.
 
 Levels at the frame rate, not the window's: the long window smears an attack over ~100 ms,
 so each frame's levels are rescaled so that the power they describe (every partial plus the
-noise) equals the short-time energy of the note at that frame (over a whole number of
-periods spanning at least the frame spacing, 4 ms at the onset). Attacks keep their rise
-time; sustained frames change by the estimators' small biases only.
+noise) equals the short-time energy of the note at that frame: over a whole number of
+periods spanning at least the frame spacing (a whole period reads a steady tone evenly),
+and over half a period (at least 1 ms) on the 1 ms frames while the attack still rises, so
+the window does not smear the rise by a period. Attacks keep their rise time; sustained
+frames change by the estimators' small biases only.
 
 DC offsets and rumble are the caller's to remove (the host tools high-pass sources at 20 Hz
 before analysing); bins below 20 Hz are ignored here.
@@ -314,6 +316,16 @@ def analyze_note(audio: np.ndarray, sample_rate: int, f0_hz: float,
     spans = np.maximum(np.ceil(spacing * sample_rate / period), 1.0) * period
     spans = np.maximum(np.round(spans).astype(np.int64), 1)
     short = _short_energy(audio, centres, spans, onset)
+    # the rise of an attack (the 1 ms frames before the note's short-time energy first peaks):
+    # half a period, so the window does not smear the rise by a whole period (a window
+    # shorter than a period reads a steady tone unevenly, so only while the note rises)
+    fine = np.flatnonzero(spacing < 0.002)
+    if len(fine):
+        top = fine[int(np.argmax(short[fine]))]
+        rising = fine[fine < top]
+        half = np.maximum(np.round(np.maximum(spacing[rising] * sample_rate, 0.5 * period)),
+                          1).astype(np.int64)
+        short[rising] = _short_energy(audio, centres[rising], half, onset)
     widths = np.diff(np.clip(edges, 0, 0.5 * sample_rate)) / (0.5 * sample_rate)
     have_power = amp2.sum(axis=1) / 2.0 + psd @ widths  # every partial, and the noise
     gain = np.clip(np.divide(short, have_power, out=np.ones_like(short),

@@ -526,7 +526,7 @@ def _report(res, methods, models, figures, out_md: Path, max_notes) -> str:
     for mod in models:
         names[mod.label] = f"model: {mod.label} ({mod.kind})"
     lines = [
-        "# Model report (issue 3)",
+        "# Model report",
         "",
         f"Written by `morphbox model eval` ({time.strftime('%Y-%m-%d')}, {res['seconds']:.0f} s,"
         f" Python {platform.python_version()}). Dataset `{res['dataset']}`: {res['notes']} "
@@ -556,9 +556,11 @@ def _report(res, methods, models, figures, out_md: Path, max_notes) -> str:
     for mod in models:
         r = m[mod.label]
         ratio = res["models"][mod.label]["lsd_ratio_mean"]
-        lines.append(f"| {mod.label}: median pitch error <= {TARGETS['pitch_cents']:.0f} cents |"
-                     f" {_fmt(r['pitch']['median'], 1)} | "
-                     f"{_yes(r['pitch']['median'] <= TARGETS['pitch_cents'])} |")
+        if r["pitch"]["n"]:
+            lines.append(f"| {mod.label}: median pitch error <= "
+                         f"{TARGETS['pitch_cents']:.0f} cents | "
+                         f"{_fmt(r['pitch']['median'], 1)} | "
+                         f"{_yes(r['pitch']['median'] <= TARGETS['pitch_cents'])} |")
         lines.append(f"| {mod.label}: mean LSD <= {TARGETS['lsd_ratio']}x bound | "
                      f"{_fmt(ratio)}x ({_fmt(r['lsd']['mean'])} vs "
                      f"{_fmt(m['bound']['lsd']['mean'])} dB) | "
