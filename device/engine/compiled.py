@@ -395,5 +395,5 @@ class CompiledRender:
             for n, v in attrs.items():
                 setattr(e, n, v)
             e._grid_seen = None  # the engine adopts its grid again at its first block
-            self._grid = None
+            self._grid = self._expression = None  # their params went back with the arena
         _status["warm_s"] = round(time.perf_counter() - t0, 6)

@@ -7,9 +7,10 @@ float64 arithmetic), so the two outputs differ by 1e-7 .. 2e-6 of full scale (mo
 chords); the tests allow ``TOL`` = 1e-5 (-100 dB re full scale), far below anything audible,
 while a wrong partial, frame, gain or phase shows up at 1e-3 or more.
 
-The grids are built here so that every path runs: several anchors and frames, 64 partials,
+Most grids are built here so that every path runs: several anchors and frames, 64 partials,
 an envelope and noise bands, velocity layers, decay rates and loop slopes, points that hold
-their last frame and points that loop, and a second grid to swap in.
+their last frame and points that loop, and a second grid to swap in; one test plays the
+shipped default pack (real instruments, real model output) through both engines.
 """
 
 from __future__ import annotations
@@ -211,6 +212,33 @@ def test_position_skips_the_attack_and_the_limiter_rides_a_loud_chord(grid):
     p.render(0.3)
     ref, _ = p.check()
     assert np.abs(ref).max() > 0.85  # the soft clipper worked
+
+
+def test_the_shipped_pack_plays_alike_in_both_engines():
+    """The default pack (real instruments): a phrase across the range with velocities, a bend,
+    touch moves, note-offs, then MPE voices each on its own position."""
+    from morphbox.device.packs.format import load_default_grid
+    real = load_default_grid()
+    p = Pair(real, state=ControlState(attack_s=0.004, decay_s=0.2, sustain=0.8, release_s=0.15,
+                                      volume=1.0, x=0.3, y=0.6))
+    for i, note in enumerate((24, 36, 48, 55, 60, 67, 72, 84, 96, 103)):
+        p.note_on(note, 30 + (i * 29) % 98)
+        p.controls_set_touch((i * 0.37) % 1.0, (i * 0.61) % 1.0)
+        if i == 4:
+            p.controls_set_bend(-1.5)
+        p.render(0.04)
+        if i % 2:
+            p.note_off(note)
+    p.render(0.4)
+    p.all_notes_off()
+    p.render(0.2)
+    p.controls_set_morph_mode("mpe")
+    for ch in range(4):
+        p.note_on(40 + 9 * ch, 100, channel=ch + 1, bend=0.3 * ch, pressure=0.5, timbre=ch / 4)
+    for i in range(20):
+        p.voice_control(1 + i % 4, bend=np.sin(i / 3), pressure=0.5 + 0.5 * np.cos(i / 4))
+        p.render(0.02)
+    p.check()
 
 
 def test_the_compiled_engine_is_the_default_and_numpy_can_be_chosen(grid, monkeypatch):
