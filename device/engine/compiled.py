@@ -397,3 +397,5 @@ class CompiledRender:
             e._grid_seen = None  # the engine adopts its grid again at its first block
             self._grid = self._expression = None  # their params went back with the arena
         _status["warm_s"] = round(time.perf_counter() - t0, 6)
+        log.info("engine: compiled render warmed up (one block with a voice) in %.1f ms",
+                 _status["warm_s"] * 1000)

@@ -314,7 +314,8 @@ def test_the_service_keeps_the_cache_in_its_state_dir_and_reports_the_render(tmp
     from morphbox.device.packs.format import write_pack
     from tests.device.test_pack import tiny_pack_parts
     pack = write_pack(tmp_path / "tiny", *tiny_pack_parts())
-    code = ("import os\n"
+    code = ("import logging, os\n"
+            "logging.basicConfig(level=logging.INFO)\n"
             "from morphbox.device.service import Service, ServiceConfig\n"
             f"s = Service(ServiceConfig(audio='none', pack={str(pack)!r}, "
             f"state_dir={str(tmp_path / 'state')!r}))\n"
@@ -326,6 +327,28 @@ def test_the_service_keeps_the_cache_in_its_state_dir_and_reports_the_render(tmp
     where, engine = res.stdout.splitlines()
     assert where == str(tmp_path / "state" / "numba-cache")
     assert engine == "{'render': 'numpy'}"
+    assert "engine: numpy render (MORPHBOX_ENGINE=numpy)" in res.stderr
+
+
+def test_a_fresh_service_process_loads_and_warms_the_kernels_and_logs_it(tmp_path):
+    """A service started in a new process (as after a reboot) loads the kernels from numba's
+    cache (the tests' shared one), renders its warm-up block, and logs and reports both."""
+    from morphbox.device.packs.format import write_pack
+    from tests.device.test_pack import tiny_pack_parts
+    Engine(make_grid())  # the kernels are in the tests' cache
+    pack = write_pack(tmp_path / "tiny", *tiny_pack_parts())
+    code = ("import logging\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "from morphbox.device.service import Service, ServiceConfig\n"
+            f"s = Service(ServiceConfig(audio='none', pack={str(pack)!r}, "
+            f"state_dir={str(tmp_path / 'state')!r}))\n"
+            "e = s.status()['engine']\n"
+            "print(e['render'], e['cached'], e['load_s'] > 0, e['warm_s'] > 0)\n")
+    res = _python(code, MORPHBOX_ENGINE=None)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["compiled", "True", "True", "True"], res.stdout
+    assert "engine: compiled render kernel loaded from the cache in" in res.stderr
+    assert "engine: compiled render warmed up" in res.stderr
 
 
 def test_the_service_reports_the_compiled_render_and_its_load_time(tmp_path):
