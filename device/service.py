@@ -38,7 +38,7 @@ from pathlib import Path
 
 from morphbox.device.common import state_dir
 from morphbox.device.engine.audio import PacedNullOutput
-from morphbox.device.engine.compiled import engine_status, use_cache_dir
+from morphbox.device.engine.compiled import CACHE_SUBDIR, engine_status, use_cache_dir
 from morphbox.device.engine.corners import CornerSelector, instrument_names
 from morphbox.device.engine.voices import Engine, EngineConfig
 from morphbox.device.midi.recorder import Recorder
@@ -85,7 +85,7 @@ class Service:
         self.store = PackStore(self.state_dir) if cfg.store else None
         self.pack = self._startup_pack()
         # numba keeps the compiled render kernel in the state dir: a reboot loads it
-        use_cache_dir(self.state_dir / "numba-cache")
+        use_cache_dir(self.state_dir / CACHE_SUBDIR)
         self.engine = Engine(grid_from_pack(self.pack), cfg.engine)
         self.controls = self.engine.controls
         self.corners = CornerSelector(self.engine, self.pack, on_change=self._corners_changed)

@@ -14,6 +14,11 @@ the first block; :func:`use_cache_dir` points that cache into the box's state di
 service calls it before it builds the engine, so a reboot loads instead of recompiling), and
 :func:`kernel_status` says how long the load took and whether it came from the cache.
 
+Compile ahead (an install step; the first start of a box would otherwise spend minutes
+compiling on a Pi): ``python -m morphbox.device.engine.compiled [--state-dir DIR]`` compiles
+the kernels into ``DIR/numba-cache`` (the state directory's default as the service picks it)
+and prints :func:`kernel_status` as JSON.
+
 Owns: the arena of one engine (its per-voice arrays live there, see
 :class:`morphbox.kernels.compiled.Arena`). Imports numpy, :mod:`morphbox.kernels` and
 (lazily) numba; never MIDI, the panel, the API or the service.
@@ -43,6 +48,7 @@ log = logging.getLogger("morphbox")
 KERNELS = ("auto", "compiled", "numpy")
 ENV = "MORPHBOX_ENGINE"
 CACHE_ENV = "NUMBA_CACHE_DIR"
+CACHE_SUBDIR = "numba-cache"  # numba's cache inside the state directory
 
 _kernels = None          # the imported morphbox.kernels.compiled
 _status: dict = {}       # kernel_status()
@@ -399,3 +405,33 @@ class CompiledRender:
         _status["warm_s"] = round(time.perf_counter() - t0, 6)
         log.info("engine: compiled render warmed up (one block with a voice) in %.1f ms",
                  _status["warm_s"] * 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m morphbox.device.engine.compiled``: compile (or load) the kernels into the
+    state directory's numba cache; prints the status as one JSON line. Exit 1 without numba."""
+    import argparse
+    import json
+
+    from morphbox.device.common import state_dir
+
+    ap = argparse.ArgumentParser(description="Compile the engine's render kernels into the "
+                                 "state directory's numba cache (an install step).")
+    ap.add_argument("--state-dir", help="the service's state directory (default: "
+                    "$MORPHBOX_STATE_DIR, else $XDG_STATE_HOME/morphbox, else "
+                    "~/.local/state/morphbox)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    use_cache_dir(state_dir(args.state_dir) / CACHE_SUBDIR)
+    try:
+        load_kernels()
+    except Exception as exc:  # noqa: BLE001 - ImportError, or numba failing to compile
+        log.error("engine: the compiled kernels are unavailable here (%s); the engine will "
+                  "render with numpy", exc)
+        return 1
+    print(json.dumps(kernel_status()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

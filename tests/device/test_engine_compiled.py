@@ -361,3 +361,19 @@ def test_the_service_reports_the_compiled_render_and_its_load_time(tmp_path):
     assert engine["render"] == "compiled"
     assert engine["load_s"] > 0 and engine["warm_s"] > 0
     assert isinstance(engine["cached"], bool)
+
+
+def test_the_install_step_compiles_into_the_cache_and_prints_the_status(tmp_path, grid):
+    """``python -m morphbox.device.engine.compiled``: what setup.sh runs so the first start of
+    a box does not compile. (The tests' shared cache is set, so this loads from it; where the
+    cache goes without it is the service test's above.)"""
+    import json
+    Engine(grid)  # the kernels are in the tests' cache
+    res = subprocess.run([sys.executable, "-m", "morphbox.device.engine.compiled",
+                          "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    status = json.loads(res.stdout.splitlines()[-1])
+    assert status["cached"] is True and status["load_s"] > 0
+    assert status["cache_dir"] == os.environ["NUMBA_CACHE_DIR"]
+    assert "engine: compiled render kernel loaded from the cache" in res.stderr
