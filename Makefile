@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/controls.py
 	$(PY) bench/midi_latency.py
 	$(PY) bench/flash.py
+	$(PY) bench/hostile.py
 	$(PY) bench/pack_build.py
 	$(PY) bench/decode.py
 	$(PY) bench/corner_fidelity.py

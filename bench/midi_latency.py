@@ -12,6 +12,10 @@ port.
    render of the first block holding a non-zero sample (an engine tap, timestamped with
    ``perf_counter``), plus PortAudio's reported output latency (the block still has to leave
    through the stream's buffer). Target: <= 2 blocks + 1 ms (6.33 ms).
+   The ``MPE bends`` row does the same for a per-note pitch bend: a note held on an MPE member
+   channel (the default lower zone), then +2 semitones on that channel; the time to the end of
+   the render of the first block whose oscillator runs at the new pitch (the voice's f0 as
+   the engine rendered it, moved by more than 1 cent: the glide's first step, 41 % of the way).
 2. Storm: ``--rate`` MIDI messages per second for ``--seconds`` (notes on/off, morph CCs, pitch
    bend, sustain pedal, clock): late blocks (render longer than a block period), xruns, render
    errors, and stuck notes (voices still sounding / keys still held 1.5 s after the last
@@ -217,6 +221,59 @@ def latency(engine, stream, keyboard: Keyboard, notes: int) -> dict:
             "out_ms": out_lat * 1000}
 
 
+class FirstBend:
+    """Engine tap: remembers when a block was first rendered with the sounding voice's f0 moved
+    more than 1 cent from where it was at :meth:`arm` (audio callback: two reads, a compare)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.armed = False
+        self.f0 = 0.0
+        self.t_hit = 0.0
+
+    def _f0(self) -> float:
+        e = self.engine
+        live = np.flatnonzero(e._stage)
+        return float(e._f0v[live].max()) if live.size else 0.0
+
+    def arm(self):
+        self.f0 = self._f0()
+        self.t_hit = 0.0
+        self.armed = True
+
+    def __call__(self, block):
+        if self.armed and self.f0 and abs(self._f0() / self.f0 - 1.0) > 5.8e-4:  # 1 cent
+            self.t_hit = time.perf_counter()
+            self.armed = False
+
+
+def mpe_latency(engine, keyboard: Keyboard, bends: int) -> dict:
+    tap = FirstBend(engine)
+    engine.add_tap(tap)
+    rng = random.Random(3)
+    lat, missed = [], 0
+    up = 8192 + round(2 / 48 * 8192)  # +2 semitones at the member channels' +-48
+    for i in range(bends):
+        ch = 1 + i % 15  # member channels 2..16 in turn, as a controller rotates them
+        keyboard.send(0xE0 | ch, 0, 64)  # centre
+        keyboard.send(0x90 | ch, 57, 100)
+        wait_for(lambda: engine.active_voices == 1 and tap._f0() > 0, 1.0)
+        time.sleep(0.02 + rng.random() * BLOCK / SR)
+        tap.arm()
+        t0 = keyboard.send(0xE0 | ch, up & 127, up >> 7)
+        if wait_for(lambda: tap.t_hit, 1.0):
+            lat.append(tap.t_hit - t0)
+        else:
+            missed += 1
+            tap.armed = False
+        keyboard.send(0x80 | ch, 57, 0)
+        wait_for(lambda: engine.active_voices == 0, 2.0)
+    engine.remove_tap(tap)
+    ms = np.array(lat) * 1000
+    return {"n": len(lat), "missed": missed, "median": float(np.median(ms)),
+            "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+
 def storm(engine, stream, router, keyboard: Keyboard, seconds: float, rate: int) -> dict:
     st0 = stream.stats
     stream.reset_max_render()
@@ -265,6 +322,9 @@ def main(argv=None) -> int:
                 stream.reset_max_render()
                 lat = latency(engine, stream, keyboard, args.notes)
                 lat["max_render_ms"] = stream.stats.max_render_s * 1000
+                stream.reset_max_render()
+                mpe = mpe_latency(engine, keyboard, args.notes)
+                mpe["max_render_ms"] = stream.stats.max_render_s * 1000
                 engine.controls.set_adsr(attack_s=0.01, release_s=0.4)
                 sto = storm(engine, stream, router, keyboard, args.seconds, args.rate)
             finally:
@@ -283,9 +343,10 @@ def main(argv=None) -> int:
           "total median | total p99 | target | max render |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     o = lat["out_ms"]
-    print(f"| {lat['n']} | {lat['missed']} | {lat['median']:.2f} ms | {lat['p99']:.2f} ms | "
-          f"{lat['max']:.2f} ms | {o:.2f} ms | {lat['median'] + o:.2f} ms | "
-          f"{lat['p99'] + o:.2f} ms | <= {target:.2f} ms | {lat['max_render_ms']:.2f} ms |")
+    for label, r in ((str(lat["n"]), lat), (f"{mpe['n']} MPE bends", mpe)):
+        print(f"| {label} | {r['missed']} | {r['median']:.2f} ms | {r['p99']:.2f} ms | "
+              f"{r['max']:.2f} ms | {o:.2f} ms | {r['median'] + o:.2f} ms | "
+              f"{r['p99'] + o:.2f} ms | <= {target:.2f} ms | {r['max_render_ms']:.2f} ms |")
     print(f"\nMIDI storm: {args.rate} messages/s for {args.seconds:g} s, sent by another "
           "process\n")
     print("| sent | applied | blocks | late blocks | xruns | errors | max render | "

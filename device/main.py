@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--path", help="simulated touch path: corners, circle, figure-eight or a "
                    "CSV file of time,x,y")
     p.add_argument("--loop", action="store_true", help="repeat the MIDI file")
+    p.add_argument("--mpe", choices=("auto", "on", "off"), default="auto",
+                   help="--midi file: MPE when it has an MPE Configuration Message (auto), "
+                   "always (on) or never (off)")
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
     p.add_argument("--device", help="output device (index or part of its name)")
@@ -64,7 +67,8 @@ def build(args: argparse.Namespace) -> tuple[Service, float | None]:
     if args.midi:
         from morphbox.device.midi.files import MidiFilePart, midi_events
         events = midi_events(args.midi)
-        service.add(MidiFilePart(service.engine, events, loop=args.loop))
+        service.add(MidiFilePart(service.engine, events, loop=args.loop,
+                                 mpe=getattr(args, "mpe", "auto")))
         if seconds is None and not args.loop:
             seconds = (events[-1][0] if events else 0.0) + 2.0
     if args.path:

@@ -28,25 +28,166 @@ Imports: every device sub-package (this is the top of the device layer).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from morphbox.device.common import state_dir
+import numpy as np
+
+from morphbox.device.common import ThreadPart, monotonic, state_dir
 from morphbox.device.engine.audio import PacedNullOutput
 from morphbox.device.engine.compiled import CACHE_SUBDIR, engine_status, use_cache_dir
 from morphbox.device.engine.corners import CornerSelector, instrument_names
 from morphbox.device.engine.voices import Engine, EngineConfig
 from morphbox.device.midi.recorder import Recorder
-from morphbox.device.packs.format import Pack, grid_from_pack, load_pack
+from morphbox.device.packs.format import (
+    DEFAULT_PACK,
+    Grid,
+    Pack,
+    PackError,
+    grid_from_pack,
+    load_pack,
+)
 from morphbox.device.packs.patches import SLOTS, Patch, PatchError, PatchStore
-from morphbox.device.packs.store import Activation, PackStore
+from morphbox.device.packs.store import (
+    BUILTIN,
+    DEFAULT_RECORDINGS_CAP_BYTES,
+    Activation,
+    PackStore,
+    StoreError,
+    prune_recordings,
+)
 
 log = logging.getLogger("morphbox")
+
+
+# ---- the sound check: a pack proves it plays before it is accepted ----------------------------
+
+#: Where the sound check plays: the four corners and the centre (x, y).
+PROBE_POINTS = {"NW": (0.0, 0.0), "NE": (1.0, 0.0), "SW": (0.0, 1.0), "SE": (1.0, 1.0),
+                "centre": (0.5, 0.5)}
+PROBE_BLOCKS = 12  # blocks per point (32 ms at 128 frames, 48 kHz)
+PROBE_SILENT = 1e-5  # peak below this (-100 dBFS) at a point: silent
+
+
+class SoundCheckError(ValueError):
+    """A pack's grid failed the sound check (non-finite, failing or silent output)."""
+
+
+def sound_check(grid: Grid, config: EngineConfig | None = None) -> dict[str, float]:
+    """Prove that ``grid`` plays: render, with a private :class:`Engine` (never the live one;
+    call this off the audio thread), three notes across its range (lowest, middle and highest
+    pitch anchor) at each of :data:`PROBE_POINTS`, from the onset and once more at the centre
+    from the sustain loop. Returns the peak level per point (linear). Raises
+    :class:`SoundCheckError` naming the point if the render raises, comes out non-finite, or
+    is silent (peak below :data:`PROBE_SILENT`). Costs about 100 blocks (~30 ms here)."""
+    cfg = replace(config or EngineConfig(), channels=1, max_voices=4, fade_voices=2,
+                  morph_smoothing_s=1e-4)  # the morph jumps straight to each point
+    with np.errstate(all="ignore"):  # what goes wrong is judged from the output below
+        return _sound_check(grid, cfg)
+
+
+def _sound_check(grid: Grid, cfg: EngineConfig) -> dict[str, float]:
+    try:
+        engine = Engine(grid, cfg)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the pack is refused
+        raise SoundCheckError(f"sound check: the engine cannot play this grid: {exc}") \
+            from None
+    c = engine.controls
+    c.set_adsr(attack_s=0.002, decay_s=0.05, sustain=0.7, release_s=0.01)
+    c.set_volume(1.0)
+    anchors = [int(a) for a in grid.anchors]
+    notes = sorted({anchors[0], anchors[len(anchors) // 2], anchors[-1]})
+    peaks = {}
+    runs = [(name, xy, 0.0) for name, xy in PROBE_POINTS.items()] + [
+        ("centre, sustain loop", PROBE_POINTS["centre"], 1.0)]
+    for name, (x, y), position in runs:
+        c.set_touch(x, y)
+        c.set_position(position)
+        for n in notes:
+            engine.note_on(min(max(n, 0), 127), 100)
+        peak = 0.0
+        try:
+            for _ in range(PROBE_BLOCKS):
+                out = engine.render_block()
+                if engine.nonfinite_blocks or not np.isfinite(out).all():
+                    raise SoundCheckError(f"sound check: non-finite output at {name} "
+                                          f"(notes {notes})")
+                peak = max(peak, float(np.abs(out).max()))
+            engine.all_sound_off()
+            for _ in range(4):
+                engine.render_block()
+        except SoundCheckError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise SoundCheckError(f"sound check: rendering failed at {name} (notes {notes}): "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if peak < PROBE_SILENT:
+            raise SoundCheckError(f"sound check: silent at {name} (notes {notes}, peak "
+                                  f"{peak:.1e})")
+        peaks[name] = peak
+    return peaks
+
+
+class PackWatchdog(ThreadPart):
+    """Watches the audio after every pack switch (and after start) for ``watch_s`` seconds:
+    if ``max_bad`` or more blocks fail to render (the output's ``errors``) or come out
+    non-finite (:attr:`Engine.nonfinite_blocks`), the service rolls back to the pack before
+    (:meth:`Service.roll_back`) and logs why. Also stops a recording when the disk is down to
+    the store's reserve.
+
+    :meth:`check` is one step at time ``now`` (seconds, ``clock``): tests call it directly;
+    as a service part, :meth:`loop` calls it every ``period_s``.
+    """
+
+    name = "pack-watchdog"
+
+    def __init__(self, service: Service, clock=monotonic, watch_s: float = 30.0,
+                 max_bad: int = 3, period_s: float = 0.25):
+        super().__init__()
+        self.service, self.clock = service, clock
+        self.watch_s, self.max_bad, self.period_s = watch_s, max_bad, period_s
+        self.until: float | None = None
+        self.baseline = 0
+        self.watched: Pack | None = None  # the pack on probation
+        self.rollbacks: list[str] = []  # what it did, for logs and tests
+
+    def bad_blocks(self) -> int:
+        """Blocks so far that failed to render or came out non-finite."""
+        return (self.service.output.stats.errors
+                + getattr(self.service.engine, "nonfinite_blocks", 0))
+
+    def arm(self, now: float | None = None) -> None:
+        """Start watching (a pack was switched in)."""
+        self.baseline = self.bad_blocks()
+        self.watched = self.service.pack
+        self.until = (self.clock() if now is None else now) + self.watch_s
+
+    def check(self, now: float) -> str | None:
+        """One step: roll back if the pack being watched broke the audio; returns what was
+        done (or None)."""
+        done = None
+        if self.until is not None:
+            bad = self.bad_blocks() - self.baseline
+            if bad >= self.max_bad:
+                self.until = None
+                done = self.service.roll_back(f"{bad} audio blocks failed or came out "
+                                              "non-finite after the switch", self.watched)
+                self.rollbacks.append(done)
+            elif now > self.until:
+                self.until = None
+        self.service.check_disk(now)
+        return done
+
+    def loop(self) -> None:
+        while not self.wait(self.period_s):
+            self.check(self.clock())
 
 
 @dataclass
@@ -63,6 +204,9 @@ class ServiceConfig:
         state_dir: packs, keys, token, patches, recordings (default
             :func:`morphbox.device.common.state_dir`).
         store: keep installed packs in the state dir (:class:`PackStore`); needed by the API.
+        recordings_cap_bytes: most the recordings may take; the oldest are deleted past it
+            (None: the store's, ``$MORPHBOX_RECORDINGS_CAP_MB``, default 1024 MB).
+        watch_s: seconds the audio is watched after a pack switch (:class:`PackWatchdog`).
     """
 
     pack: Path | str | None = None
@@ -72,21 +216,31 @@ class ServiceConfig:
     host_api: str | None = None
     state_dir: Path | str | None = None
     store: bool = False
+    recordings_cap_bytes: int | None = None
+    watch_s: float = 30.0
 
 
 class Service:
     """The running box. Raises :class:`morphbox.device.packs.format.PackError` if the pack
     cannot be loaded and :class:`morphbox.device.engine.audio.AudioError` if
-    ``audio="device"`` and none exists."""
+    ``audio="device"`` and none exists.
+
+    With a store (``ServiceConfig.store``) it always starts: a pack that fails to load or
+    fails the :func:`sound_check` for any reason is skipped for the previous one, then the
+    built-in one (:meth:`PackStore.startup`), each step logged."""
 
     def __init__(self, config: ServiceConfig | None = None):
         self.config = cfg = config or ServiceConfig()
         self.state_dir = state_dir(cfg.state_dir)
         self.store = PackStore(self.state_dir) if cfg.store else None
+        self._proven: tuple[Pack, Grid] | None = None
         self.pack = self._startup_pack()
         # numba keeps the compiled render kernel in the state dir: a reboot loads it
         use_cache_dir(self.state_dir / CACHE_SUBDIR)
-        self.engine = Engine(grid_from_pack(self.pack), cfg.engine)
+        grid = self._proven[1] if self._proven and self._proven[0] is self.pack else \
+            grid_from_pack(self.pack)
+        self._proven = None
+        self.engine = Engine(grid, cfg.engine)
         self.controls = self.engine.controls
         self.corners = CornerSelector(self.engine, self.pack, on_change=self._corners_changed)
         self.patches = PatchStore(self.state_dir)
@@ -96,14 +250,50 @@ class Service:
         self.message_listeners: list[Callable[[str], None]] = []
         self._parts: list = []
         self._running = False
+        # the pack to go back to if the one playing breaks the audio (a path; reloaded then)
+        self._fallback: Path | None = None
+        if self.store is not None:
+            ptr = self.store.pointer()
+            prev = ptr.get("previous")
+            self._fallback = self._path_of(prev) if prev else None
+        self.watchdog = PackWatchdog(self, watch_s=cfg.watch_s)
+        self._parts.append(self.watchdog)
+
+    def _prove(self, pack: Pack) -> Grid:
+        """Build ``pack``'s grid and :func:`sound_check` it; raises ``SoundCheckError``."""
+        grid = grid_from_pack(pack)
+        sound_check(grid, self.config.engine)
+        self._proven = (pack, grid)
+        return grid
 
     def _startup_pack(self) -> Pack:
         if self.config.pack is not None:
-            return load_pack(self.config.pack)
-        if self.store is not None:
-            return self.store.startup()[1]
-        from morphbox.device.packs.format import DEFAULT_PACK
-        return load_pack(DEFAULT_PACK)
+            pack = load_pack(self.config.pack)
+        elif self.store is not None:
+            return self.store.startup(check=self._prove)[1]
+        else:
+            pack = load_pack(DEFAULT_PACK)
+        try:
+            self._prove(pack)
+        except SoundCheckError as exc:
+            raise PackError(f"{pack.path}: {exc}") from None
+        return pack
+
+    def _path_of(self, pid: str | None) -> Path | None:
+        try:
+            return self.store.pack_path(pid) if self.store and pid else None
+        except StoreError:
+            return None
+
+    def _id_of(self, pack: Pack) -> str | None:
+        """The store's id of ``pack`` (None: not from the store)."""
+        if self.store is None:
+            return None
+        if Path(pack.path).resolve() == self.store.builtin.resolve():
+            return BUILTIN
+        if Path(pack.path).parent.resolve() == self.store.packs_dir.resolve():
+            return Path(pack.path).name
+        return None
 
     def _open_output(self):
         cfg = self.config
@@ -128,14 +318,72 @@ class Service:
 
     # ---- operations: packs and corners ---------------------------------------------------------
 
-    def switch_pack(self, pack: Pack) -> None:
+    def switch_pack(self, pack: Pack, watch: bool = True) -> None:
         """Play ``pack`` (already loaded and verified) from the next block on, with its own
-        corner choice. Raises ``ValueError`` (nothing changed) if it does not fit the engine."""
-        grid = grid_from_pack(pack)
+        corner choice, once its grid passed the :func:`sound_check` (off the audio thread,
+        on a private engine). Raises ``ValueError`` (:class:`SoundCheckError`, or it does not
+        fit the engine; nothing changed then). ``watch``: the :class:`PackWatchdog` watches
+        the audio afterwards and rolls back to the pack playing before if it breaks."""
+        grid = self._prove(pack)
+        self._proven = None
+        previous = self.pack
         # swaps the grid (raises before anything changed) and drops any rebuild from the old
         # pack, under the selector's lock
         self.corners.set_pack(pack, grid)
         self.pack = pack
+        if watch:
+            self._fallback = Path(previous.path)
+            self.watchdog.arm()
+
+    def roll_back(self, reason: str, failed: Pack | None = None) -> str:
+        """The pack playing (``failed``, if given: only if it still plays) broke the audio
+        (the watchdog saw it): go back to the pack played before it, else the built-in one,
+        and log why. Runs under the store's lock, so an activation cannot interleave. Returns
+        what was done."""
+        with self.store.lock if self.store is not None else contextlib.nullcontext():
+            if failed is not None and failed is not self.pack:
+                return "the pack changed meanwhile: nothing rolled back"
+            return self._roll_back(reason)
+
+    def _roll_back(self, reason: str) -> str:
+        failed = self.pack
+        failed_id = self._id_of(failed) or str(failed.path)
+        self.engine.all_sound_off()
+        here = Path(failed.path).resolve()
+        for path in dict.fromkeys(p for p in (self._fallback, DEFAULT_PACK)
+                                  if p is not None and Path(p).resolve() != here):
+            try:
+                pack = load_pack(path)
+                self.switch_pack(pack, watch=False)
+            except Exception as exc:  # noqa: BLE001 - try the next one
+                log.error("rollback to %s failed: %s", path, exc)
+                continue
+            to_id = self._id_of(pack) or str(pack.path)
+            if self.store is not None:
+                self.store.record_rollback(failed_id, to_id, reason)
+            self._fallback = None
+            text = (f"pack {failed_id} broke the audio ({reason}): rolled back to {to_id}")
+            log.error("%s", text)
+            self.say(f"pack failed, back to {pack.name}")
+            return text
+        text = f"pack {failed_id} broke the audio ({reason}) and no other pack could play"
+        log.error("%s", text)
+        return text
+
+    def check_disk(self, now: float | None = None) -> None:
+        """While recording: every 10 s delete the oldest recordings past the cap (never the
+        running one), and stop the recording when the state filesystem is down to the
+        store's reserve."""
+        if not self.recorder.recording:
+            return
+        now = monotonic() if now is None else now
+        if now - getattr(self, "_pruned_at", -1e9) >= 10.0:
+            self._pruned_at = now
+            prune_recordings(self.recorder.directory, self._recordings_cap(), keep=1)
+        if self.store is not None and self.store.free_bytes() < 0:
+            log.error("the disk is full (%s): recording stopped", self.state_dir)
+            self.stop_recording()
+            self.say("disk full: recording stopped")
 
     def activate_pack(self, pid: str) -> Activation:
         """Make installed pack ``pid`` active and play it (:meth:`PackStore.activate`).
@@ -216,8 +464,20 @@ class Service:
 
     # ---- operations: recording ----------------------------------------------------------------
 
+    def _recordings_cap(self) -> int:
+        cap = self.config.recordings_cap_bytes
+        if cap is None:
+            cap = self.store.recordings_cap_bytes if self.store else DEFAULT_RECORDINGS_CAP_BYTES
+        return cap
+
     def start_recording(self, name: str | None = None) -> dict:
-        """Start recording MIDI, morph and audio (:class:`Recorder`); returns the status."""
+        """Start recording MIDI, morph and audio (:class:`Recorder`); returns the status.
+        The oldest recordings past the cap are deleted first; raises ``OSError`` (ENOSPC) if
+        the disk is down to the store's reserve."""
+        if not self.recorder.recording:
+            prune_recordings(self.recorder.directory, self._recordings_cap(), keep=0)
+        if self.store is not None and self.store.free_bytes() < 0:
+            raise OSError(errno.ENOSPC, "the disk is full: delete packs or recordings")
         self.recorder.start_recording(name)
         return self.recorder.status()
 
@@ -241,6 +501,7 @@ class Service:
 
     def start(self) -> None:
         self.output.start()
+        self.watchdog.arm()  # the pack we started with is watched too
         for part in self._parts:
             part.start()
         self._running = True
@@ -268,6 +529,7 @@ class Service:
                 "voices": self.engine.active_voices, "audio_device": self.output.device_name,
                 "blocks": st.blocks, "late_blocks": st.late_blocks, "xruns": st.xruns,
                 "errors": st.errors, "recording": self.recorder.recording,
+                "morph_mode": self.controls.snapshot.morph_mode,
                 "engine": engine_status(self.engine)}
 
     def run(self, seconds: float | None = None) -> dict:

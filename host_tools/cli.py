@@ -50,11 +50,18 @@ def cmd_demo(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from morphbox.host_tools.demo import render_piece, write_wav
+    """Render a MIDI file to WAV, streamed to the file. A malformed MIDI file is refused with
+    one line (exit 2, from main: ``MidiFileError`` is a ``ValueError``); an output that cannot
+    be written is exit 1."""
+    from morphbox.host_tools.demo import render_file
     cfg = _engine_config(args)
-    audio, _, _, secs = render_piece(args.midi, args.pack, args.path, cfg)
-    write_wav(args.output, audio, cfg.sample_rate)
-    print(f"wrote {args.output} ({len(audio) / cfg.sample_rate:.1f} s) in {secs:.1f} s")
+    try:
+        seconds, secs = render_file(args.midi, args.output, args.pack, args.path, cfg,
+                                    morph_mode=args.morph_mode, mpe=args.mpe)
+    except OSError as exc:
+        print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({seconds:.1f} s) in {secs:.1f} s")
     return 0
 
 
@@ -65,6 +72,8 @@ def cmd_run(args) -> int:
 
 def cmd_play(args) -> int:
     from morphbox.device.main import run
+    from morphbox.device.midi.files import midi_events
+    midi_events(args.midi)  # a malformed file: one line and exit 2 before the audio opens
     args.audio, args.seconds, args.loop, args.state_dir = "device", None, False, None
     args.midi_in = args.record = args.api = False
     args.midi_config = args.profile = None
@@ -205,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "figure-eight or a CSV file of time,x,y (default: corners)")
         sp.add_argument("--block-size", type=int, default=128, choices=(64, 128, 256),
                         help="audio block in frames at 48 kHz (default 128)")
+        if midi:
+            sp.add_argument("--mpe", choices=("auto", "on", "off"), default="auto",
+                            help="MIDI Polyphonic Expression: auto (when the file has an MPE "
+                            "Configuration Message, as recordings made on the box do), on "
+                            "(channels 2-16 are member channels), off (plain MIDI)")
 
     sp = sub.add_parser("demo", help="play a Bach chorale morphing across the four corners")
     engine_opts(sp, midi=False)
@@ -216,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("render", help="render a MIDI file to WAV")
     engine_opts(sp)
     sp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    sp.add_argument("--morph-mode", choices=("follow", "latch", "mpe"), default="follow",
+                    help="where voices sit: on the touch path (follow), where it was at their "
+                    "note-on (latch), or moved by their own CC 74 and pressure (mpe); a file "
+                    "recorded on the box sets its own (docs/midi.md)")
     sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("play", help="play a MIDI file live on the audio output")

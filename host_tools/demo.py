@@ -12,21 +12,27 @@ from pathlib import Path
 import numpy as np
 
 from morphbox.device.engine.voices import Engine, EngineConfig
-from morphbox.device.midi.files import DEMO_MIDI, midi_events, play
+from morphbox.device.midi.files import DEMO_MIDI, midi_events, play, render_blocks
 from morphbox.device.packs.format import DEFAULT_PACK, grid_from_pack, load_pack
 from morphbox.device.panel.paths import touch_path
 
 
 def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
                  path: str = "corners", config: EngineConfig | None = None,
+                 morph_mode: str = "follow", mpe: str = "auto",
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Render ``midi`` offline on ``pack`` with the touch following ``path``.
+    """Render ``midi`` offline on ``pack`` with the touch following ``path``, voices placed by
+    ``morph_mode`` (``follow``, ``latch``, ``mpe``; MPE files play per-note bend, pressure
+    and CC 74 in any mode, see :func:`morphbox.device.midi.router.dispatch`). ``mpe``:
+    ``auto`` (MPE if the file has an MPE Configuration Message), ``on`` or ``off``
+    (:func:`morphbox.device.midi.files.use_mpe`).
 
     Returns ``(audio (samples, channels) float32, touch_times (s), touch_xy (n, 2),
     seconds spent rendering)``.
     """
     grid = grid_from_pack(load_pack(pack))
     engine = Engine(grid, config)
+    engine.controls.set_morph_mode(morph_mode)
     events = midi_events(midi)
     route = touch_path(path)
     times, xy = [], []
@@ -38,8 +44,47 @@ def render_piece(midi: str | Path = DEMO_MIDI, pack: str | Path = DEFAULT_PACK,
             xy.append((s.x, s.y))
 
     t0 = time.perf_counter()
-    audio = play(engine, events, route, on_block=record)
+    audio = play(engine, events, route, on_block=record, mpe=mpe)
     return audio, np.array(times), np.array(xy), time.perf_counter() - t0
+
+
+def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PACK,
+                path: str = "corners", config: EngineConfig | None = None,
+                morph_mode: str = "follow", mpe: str = "auto") -> tuple[float, float]:
+    """Render ``midi`` on ``pack`` with the touch following ``path`` straight into the 16-bit
+    WAV file ``out``, one second at a time: memory stays that of one second of audio however
+    long the piece. The MIDI file is read first (:func:`morphbox.device.midi.files.midi_events`
+    refuses a malformed one with :class:`~morphbox.device.midi.files.MidiFileError`), so a bad
+    file costs no pack load. Returns ``(seconds of audio, seconds spent rendering)``; raises
+    ``OSError`` if ``out`` cannot be written (a partial file is removed). ``morph_mode``:
+    ``follow``, ``latch`` or ``mpe`` (a file recorded on the box sets its own); ``mpe`` as in
+    :func:`render_piece`."""
+    import soundfile as sf
+    events = midi_events(midi)
+    route = touch_path(path)
+    engine = Engine(grid_from_pack(load_pack(pack)), config)
+    engine.controls.set_morph_mode(morph_mode)
+    cfg = engine.config
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chunk = np.empty((max(1, cfg.sample_rate // cfg.block_size) * cfg.block_size,
+                      cfg.channels), np.float32)
+    frames, fill = 0, 0
+    t0 = time.perf_counter()
+    try:
+        with sf.SoundFile(str(out), "w", cfg.sample_rate, cfg.channels, "PCM_16") as f:
+            for block in render_blocks(engine, events, route, mpe=mpe):
+                chunk[fill:fill + len(block)] = block
+                fill += len(block)
+                if fill == len(chunk):
+                    f.write(chunk)
+                    frames, fill = frames + fill, 0
+            f.write(chunk[:fill])
+            frames += fill
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return frames / cfg.sample_rate, time.perf_counter() - t0
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
@@ -94,3 +139,42 @@ def _play_buffer(audio: np.ndarray, config: EngineConfig) -> None:
                      channels=config.channels) as stream:
         time.sleep(len(audio) / config.sample_rate + 0.3)
         return stream.stats
+
+
+def render_mpe_example(pack: str | Path = DEFAULT_PACK) -> dict:
+    """A short MPE phrase on ``pack`` in the ``mpe`` morph mode, for docs/mpe.png: three notes
+    on member channels 2..4 with the touch at the centre; the first slides up (CC 74 -> 127,
+    north) and bends +2 semitones, the second presses (pressure -> 127, east), the third
+    stays. Returns ``{"audio": (samples,) float32, "sample_rate", "times": (blocks,) s,
+    "positions": (blocks, 3, 2) each voice's (x, y), "notes": (3,) MIDI}``."""
+    import mido
+
+    grid = grid_from_pack(load_pack(pack))
+    engine = Engine(grid)
+    c = engine.controls
+    c.set_morph_mode("mpe")
+    c.set_touch(0.5, 0.5)
+    c.set_adsr(attack_s=0.02, decay_s=0.3, sustain=0.9, release_s=0.5)
+    notes = (52, 59, 67)
+    events = [(0.0, mido.Message("note_on", note=n, velocity=90, channel=1 + i))
+              for i, n in enumerate(notes)]
+    for k in range(1, 101):  # 1.0 .. 3.0 s: the gestures, 20 ms apart
+        t, u = 1.0 + 0.02 * k, k / 100
+        events += [(t, mido.Message("control_change", control=74, value=64 + round(63 * u),
+                                    channel=1)),
+                   (t, mido.Message("pitchwheel", pitch=round(u * 2 / 48 * 8192), channel=1)),
+                   (t, mido.Message("aftertouch", value=round(127 * u), channel=2))]
+    events += [(4.0, mido.Message("note_off", note=n, channel=1 + i))
+               for i, n in enumerate(notes)]
+    events.sort(key=lambda e: e[0])
+    times, positions = [], []
+
+    def track(t):
+        p = engine.voice_positions()
+        if len(p) >= 3:
+            times.append(t)
+            positions.append(p[:3])
+
+    audio = play(engine, events, duration_s=4.6, on_block=track)[:, 0]
+    return {"audio": audio, "sample_rate": engine.config.sample_rate,
+            "times": np.array(times), "positions": np.array(positions), "notes": notes}

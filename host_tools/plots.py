@@ -27,6 +27,21 @@ def save_figure(fig, out: str | Path, dpi: int) -> Path:
     return out
 
 
+def spectrogram(ax, audio: np.ndarray, sample_rate: int, n_fft: int = 2048, hop: int = 512,
+                fmax_hz: float = 8000.0, range_db: float = 80.0) -> None:
+    """Draw the spectrogram of mono ``audio`` on ``ax``: Hann-windowed STFT magnitude in dB
+    (``range_db`` below the loudest bin), 0..``fmax_hz``, frequency axis in kHz."""
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
+    spec = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
+    keep = freqs <= fmax_hz
+    t = (np.arange(spec.shape[1]) * hop + n_fft / 2) / sample_rate
+    vmax = spec[keep].max()
+    ax.pcolormesh(t, freqs[keep] / 1000, spec[keep], shading="auto", cmap="magma",
+                  vmin=vmax - range_db, vmax=vmax, rasterized=True)
+    ax.set_ylabel("kHz")
+
+
 def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.ndarray,
               out: str | Path, title: str = "") -> Path:
     """Spectrogram (dB, 0..20 kHz) of mono ``audio`` above the touch path (x, y vs time) and
@@ -35,16 +50,7 @@ def plot_demo(audio: np.ndarray, sample_rate: int, times: np.ndarray, xy: np.nda
     plt = pyplot()
     fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(12, 7.5), sharex=True,
                                         gridspec_kw={"height_ratios": [3, 1, 1]})
-    n_fft, hop = 2048, 512
-    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
-    spec = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
-    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
-    keep = freqs <= 20000
-    t = (np.arange(spec.shape[1]) * hop + n_fft / 2) / sample_rate
-    vmax = spec[keep].max()
-    ax0.pcolormesh(t, freqs[keep] / 1000, spec[keep], shading="auto", cmap="magma",
-                   vmin=vmax - 80, vmax=vmax, rasterized=True)
-    ax0.set_ylabel("kHz")
+    spectrogram(ax0, audio, sample_rate, n_fft=2048, fmax_hz=20000, range_db=80)
     ax0.set_title(title or "morphbox demo")
     ax1.plot(times, xy[:, 0], label="x (west -> east)")
     ax1.plot(times, xy[:, 1], label="y (north -> south)")
@@ -144,3 +150,25 @@ def plot_decay_curves(pack, out: str | Path, programs: dict[str, int], pitch: in
     fig.suptitle("Held notes: the pack stores 2.5 s (dotted line; shaded: the loop); after it "
                  "a decaying note keeps decaying, a sustaining one loops", fontsize=9)
     return save_figure(fig, out, dpi=90)
+
+
+def plot_voices(audio: np.ndarray, sample_rate: int, times: np.ndarray,
+                positions: np.ndarray, notes, out: str | Path, title: str = "") -> Path:
+    """Spectrogram (dB, 0..2.5 kHz) of mono ``audio`` above each voice's morph position:
+    ``positions`` ``(blocks, voices, 2)`` (x, y) at ``times`` (s); ``notes`` label the voices.
+    Writes a PNG; returns its path."""
+    plt = pyplot()
+    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(10, 7), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 1, 1]})
+    spectrogram(ax0, audio, sample_rate, n_fft=8192, fmax_hz=2500, range_db=70)
+    ax0.set_title(title)
+    for v, note in enumerate(notes):
+        ax1.plot(times, positions[:, v, 0], label=f"MIDI {note}")
+        ax2.plot(times, positions[:, v, 1], label=f"MIDI {note}")
+    ax1.set_ylabel("x\n(west -> east)")
+    ax2.set_ylabel("y\n(north -> south)")
+    for ax in (ax1, ax2):
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax2.set_xlabel("time (s)")
+    return save_figure(fig, out, dpi=100)

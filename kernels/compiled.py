@@ -27,7 +27,7 @@ Compiled ahead of use (explicit signatures, ``cache=True``, ``nogil=True``): imp
 module compiles the kernels, or loads them from numba's cache (``NUMBA_CACHE_DIR``, which must
 be set before numba is imported to take effect). Raises ``ImportError`` without numba.
 
-Imports: numpy and numba only.
+Imports: numpy, numba and :data:`morphbox.kernels.features.DB_FLOOR`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ _T0 = time.perf_counter()
 
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
+
+from morphbox.kernels.features import DB_FLOOR  # noqa: E402
+
+_FLOOR = np.float32(DB_FLOOR)  # this level (pack code 0) and below is silence
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
 
 # ---- arena fields (layout indices) ------------------------------------------------------------
 (F_PARAMS, F_STAGE, F_FRESH, F_TSEL, F_PHASE, F_SHIFT, F_NOTE, F_SIZE, F_ANCHOR, F_VL,
@@ -874,8 +880,8 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         base = coff[c] + lane[v]
         gv = pgv[s]
         db_to_linear(db, lin, bits, n)
-        for j in range(n):
-            amp = lin[j] * gv[j]
+        for j in range(n):  # at or below the floor: silence (x 0, so NaN stays NaN)
+            amp = lin[j] * (_ONE if db[j] > _FLOOR else _ZERO) * gv[j]
             cr[base + (j + 1) * lanes] = amp * cosv[j]
             ci[base + (j + 1) * lanes] = amp * sinv[j]
         # amplitude: ADSR x velocity gain x voice gain (x pressure gain), ramped
@@ -897,7 +903,7 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
         # this voice's noise power
         db_to_linear(row[k + n_env:], lin, bits, n_noise)
         for c in range(n_noise):
-            b = lin[c] * end
+            b = lin[c] * end * (_ONE if row[k + n_env + c] > _FLOOR else _ZERO)
             npow[c] += b * b
     prm[P_PGAIN_ON] = 1.0 if loud > 0.0 else 0.0
     _noise_spectrum(a, lay, prm, npow, n_noise, nfft, cr, ci, coff[cn] + noise_lane, counts[cn])
@@ -1133,6 +1139,8 @@ def render(a, lay, flat, flat_vel, flat_decay, hold, times):
             mono[i] = 0.0
         for s in range(cap):
             stage[s] = IDLE
+        for i in range(nfft):  # the noise's overlap-add tail carries the bad values on
+            carry[i] = 0.0
     _limit(mono, ramp, bs, prm)
     out = _f32(a, lay, F_OUT, bs * n_out)
     for i in range(bs):

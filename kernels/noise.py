@@ -64,6 +64,10 @@ class NoiseSynth:
         self._carry = frame[bs:]
         return frame[:bs].astype(np.float32)
 
+    def reset(self) -> None:
+        """Drop the carried tails of earlier frames (after a block that went non-finite)."""
+        self._carry = np.zeros_like(self._carry)
+
     def silence(self) -> np.ndarray:
         """Flush: the carried tails, then nothing, ``(block_size,)``."""
         bs = self.block_size

@@ -27,23 +27,55 @@ POST     /api/recording                  body ``{"action": "start"|"stop"|"toggl
                                          or stop recording; answers the status (token)
 GET      /api/recordings                 ``[{"name", "bytes", "modified"}]`` (token)
 GET      /api/recordings/{name}          the file (``.wav`` or ``.mid``) (token)
+GET      /api/auth                       204 if the token is right (the page checks it
+                                         before an upload)
 =======  ==============================  ==================================================
 
 Statuses: 400 bad request or archive (path traversal, bad format), 401 missing token,
-403 wrong token or signature rejected, 404 no such pack/recording, 409 in use, 413 upload too
-large, 422 corrupt/tampered, incompatible version, or a pack that fails to load (rolled back),
-507 not enough space.
+403 wrong token or signature rejected, 404 no such pack/recording, 408 an upload that stalled
+or took too long, 409 in use, 413 upload too large, 421 a Host header that is not one of the
+box's names, 422 corrupt/tampered, incompatible version, or a pack that fails to load or fails
+the sound check (rolled back), 429 too many uploads at once, 507 not enough space (or the
+packs quota). No input gets a 500: an unexpected error is logged and answered as JSON.
 
-The audio thread is never involved: installs and activations run on one worker thread (so
-they are serialised), and activation ends in :meth:`morphbox.device.engine.voices.Engine.set_grid`,
-a reference swap the engine picks up at its next block.
+Hardening (issue 13):
+
+* **Host check** (DNS rebinding): the ``Host`` header must be an IP address or one of the
+  box's names (``localhost``, its hostname, ``hostname.local``, its FQDN) or a name in
+  ``allowed_hosts`` / ``$MORPHBOX_ALLOWED_HOSTS`` (comma-separated; ``*`` allows any).
+  Otherwise 421, so a web page on another origin that rebinds its name to the box cannot read
+  status, packs or key ids.
+* **Refuse before reading**: the token and the Host are checked from the headers before any
+  body is read (also for ``Expect: 100-continue``, answered before the client sends the
+  body); a refused request's connection is closed instead of being read to its end
+  (aiohttp's lingering read is off). A paired client's upload that is refused part-way
+  (signature, corrupt member) has the rest of its body drained, bounded by the upload limit
+  and 10 s, so it reads the reason.
+* **Time and memory**: each read of an upload times out after ``read_timeout_s`` (408), a
+  whole upload after ``upload_timeout_s``; at most ``max_uploads`` uploads run at once (429
+  beyond). An upload streams to disk through its own worker thread (hashing as it goes) and
+  takes the store's lock only to rename the verified pack into place, so listing, activating
+  and deleting never wait on a client's network. glibc is told to return large freed blocks
+  to the system, and trims after each upload, so memory goes back to its idle level.
+* **Page headers**: every answer carries ``X-Frame-Options: DENY``, a
+  ``Content-Security-Policy`` (only the box's own scripts and styles, no framing) and
+  ``X-Content-Type-Options: nosniff``.
+
+The audio thread is never involved: activations and deletions run on one worker thread (so
+they are serialised), and activation ends in
+:meth:`morphbox.device.engine.voices.Engine.set_grid`, a reference swap the engine picks up at
+its next block, after the service's sound check on a private engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import ipaddress
 import logging
-import re
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,13 +85,25 @@ from aiohttp import web
 
 from morphbox.device.packs.archive import ARCHIVE_VERSION, parse_public_key
 from morphbox.device.packs.format import FORMAT_VERSIONS
-from morphbox.device.packs.store import PackStore, StoreError
+from morphbox.device.packs.store import PackStore, StoreError, recording_name_ok
 
 log = logging.getLogger("morphbox.api")
 
 DEFAULT_PORT = 8750
 WEB_DIR = Path(__file__).resolve().parent / "web"
-_RECORDING = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(wav|mid)$")
+MAX_JSON_BYTES = 64 * 1024  # pairing and recording requests are a few dozen bytes
+DRAIN_S = 10.0  # most time spent reading the rest of a paired client's refused upload
+
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+# refusals whose request body is never read: the connection is closed after the answer
+_CLOSE = {401, 403, 408, 413, 421, 429}
 
 
 def morphbox_version() -> str:
@@ -71,17 +115,116 @@ def morphbox_version() -> str:
 
 
 def _err(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
+    resp = web.json_response({"error": message, "code": code}, status=status)
+    if status in _CLOSE:
+        resp.force_close()
+    if status == 429:
+        resp.headers["Retry-After"] = "2"
+    return resp
+
+
+# ---- memory --------------------------------------------------------------------------------
+
+_libc = None
+
+
+def tune_malloc(mmap_threshold: int = 256 * 1024) -> bool:
+    """Make glibc give large freed blocks back to the system: a fixed ``M_MMAP_THRESHOLD``
+    (glibc otherwise raises it to the largest block freed, up to 32 MB, after which an upload's
+    and a grid's buffers stay in the heap and the service keeps its peak size). Returns False
+    where there is no glibc."""
+    global _libc
+    try:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_libc.mallopt(-3, int(mmap_threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        _libc = None
+        return False
+
+
+def trim_memory() -> None:
+    """Return free heap memory to the system (glibc ``malloc_trim``); nothing elsewhere."""
+    if _libc is not None:
+        try:
+            _libc.malloc_trim(0)
+        except AttributeError:
+            pass
+
+
+# ---- hosts ---------------------------------------------------------------------------------
+
+
+def default_allowed_hosts() -> set[str]:
+    """Names the box answers to: localhost, its hostname, ``hostname.local`` (mDNS), its FQDN,
+    and ``$MORPHBOX_ALLOWED_HOSTS`` (comma-separated; ``*`` = any). IP addresses are always
+    allowed (a rebinding attack needs a name)."""
+    names = {"localhost", "localhost.localdomain"}
+    try:
+        host = socket.gethostname().lower().rstrip(".")
+        names |= {host, f"{host}.local", host.split(".")[0] + ".local"}
+        names.add(socket.getfqdn().lower().rstrip("."))
+    except OSError:
+        pass
+    extra = os.environ.get("MORPHBOX_ALLOWED_HOSTS", "")
+    names |= {h.strip().lower().rstrip(".") for h in extra.split(",") if h.strip()}
+    return names
+
+
+def host_name(header: str | None) -> str | None:
+    """The name in a ``Host`` header, port removed, lower case (None if malformed)."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.startswith("["):
+        name, sep, rest = header[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name.lower()
+    name, sep, port = header.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        header = name
+    elif ":" in header:
+        return None
+    return header.lower().rstrip(".")
+
+
+def host_allowed(header: str | None, allowed: set[str]) -> bool:
+    """Is ``header`` (a Host header) this box: an IP literal or an allowed name?"""
+    if "*" in allowed:
+        return True
+    name = host_name(header)
+    if not name or not name.isascii():
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in allowed
 
 
 class _StreamBridge:
-    """A blocking ``read(n)`` for the worker thread over the request's async stream."""
+    """A blocking ``read(n)`` for a worker thread over the request's async stream, with a
+    per-read timeout and a deadline for the whole upload (408 :class:`StoreError`)."""
 
-    def __init__(self, content, loop):
+    def __init__(self, content, loop, read_timeout_s: float, deadline: float):
         self._content, self._loop = content, loop
+        self._read_timeout_s, self._deadline = read_timeout_s, deadline
+
+    async def _read(self, n: int) -> bytes:
+        left = self._deadline - self._loop.time()
+        if left <= 0:
+            raise StoreError("upload took too long: the device stops an upload after its time "
+                             "limit (a slow or stalled connection)", 408, "timeout")
+        try:
+            return await asyncio.wait_for(self._content.read(n),
+                                          min(self._read_timeout_s, left))
+        except TimeoutError:
+            waited = min(self._read_timeout_s, left)
+            raise StoreError(f"upload stalled: no data for {waited:.0f} s", 408,
+                             "timeout") from None
 
     def read(self, n: int) -> bytes:
-        return asyncio.run_coroutine_threadsafe(self._content.read(n), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self._read(n), self._loop).result()
 
 
 class ApiServer:
@@ -89,20 +232,39 @@ class ApiServer:
 
     ``service``: the running :class:`morphbox.device.service.Service` (None: store only, no audio).
     ``host``/``port``: where to listen (port 0: any free port; :attr:`port` tells which).
+    ``allowed_hosts``: names accepted in the ``Host`` header besides IP addresses (default
+    :func:`default_allowed_hosts`). ``max_uploads``: uploads at once (429 beyond).
+    ``read_timeout_s``: longest wait for the next bytes of a request body (408);
+    ``upload_timeout_s``: longest one upload may take (408); ``idle_timeout_s``: a connection
+    that has no request in progress for this long (a client sending its headers a byte at a
+    time, or an idle keep-alive) is closed.
     """
 
     name = "http-api"
 
     def __init__(self, service, store: PackStore, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT):
+                 port: int = DEFAULT_PORT, *, allowed_hosts: set[str] | None = None,
+                 max_uploads: int = 2, read_timeout_s: float = 15.0,
+                 upload_timeout_s: float = 600.0, idle_timeout_s: float = 20.0):
         self.service, self.store = service, store
         self.host, self.port = host, port
+        self.allowed_hosts = set(allowed_hosts) if allowed_hosts is not None else \
+            default_allowed_hosts()
+        self.max_uploads = max_uploads
+        self.read_timeout_s, self.upload_timeout_s = read_timeout_s, upload_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.uploads = 0  # uploads running (event-loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # activations and deletions: one at a time; uploads: their own threads (they wait on
+        # the network); listings: their own (they never wait behind either)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pack-worker")
+        self._upload_pool = ThreadPoolExecutor(max(1, max_uploads),
+                                               thread_name_prefix="pack-upload")
+        self._io_pool = ThreadPoolExecutor(2, thread_name_prefix="api-io")
 
     @property
     def url(self) -> str:
@@ -112,12 +274,14 @@ class ApiServer:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_JSON_BYTES)
+        app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/", self.page)
         r.add_get("/api/status", self.status)
+        r.add_get("/api/auth", self.auth)
         r.add_get("/api/packs", self.packs)
-        r.add_post("/api/packs", self.upload)
+        r.add_post("/api/packs", self.upload, expect_handler=self._expect)
         r.add_post("/api/packs/{id}/activate", self.activate)
         r.add_delete("/api/packs/{id}", self.delete)
         r.add_get("/api/keys", self.keys)
@@ -133,6 +297,7 @@ class ApiServer:
     def start(self) -> None:
         """Start listening; raises OSError (address in use, no such interface) here."""
         _ = self.store.token  # made now: `morphbox token` and `morphbox record` find it
+        tune_malloc()
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="http-api", daemon=True)
         self._thread.start()
@@ -144,7 +309,8 @@ class ApiServer:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._runner = web.AppRunner(self.app(), access_log=None)
+            # lingering_time=0: a body left unread (a refused request) is not read to its end
+            self._runner = web.AppRunner(self.app(), access_log=None, lingering_time=0)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port)
             loop.run_until_complete(site.start())
@@ -154,8 +320,10 @@ class ApiServer:
             self._ready.set()
             return
         log.info("HTTP API on %s", self.url)
+        sweeper = loop.create_task(self._sweep())
         self._ready.set()
         loop.run_forever()
+        sweeper.cancel()
         loop.run_until_complete(self._runner.cleanup())
         loop.close()
 
@@ -164,16 +332,79 @@ class ApiServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False)
+        for pool in (self._pool, self._upload_pool, self._io_pool):
+            pool.shutdown(wait=False)
+
+    async def _sweep(self) -> None:
+        """Close connections without a request in progress for ``idle_timeout_s``: aiohttp
+        has no timeout for a request's headers, so a client trickling them (slowloris) would
+        hold its connection for ever."""
+        idle_since: dict[int, float] = {}  # id(handler) -> when first seen idle
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, self.idle_timeout_s / 4))
+            try:
+                server = getattr(self._runner, "server", None)
+                now, seen = loop.time(), {}
+                for handler in list(getattr(server, "connections", ()) or ()):
+                    if getattr(handler, "_request_in_progress", True):
+                        continue
+                    since = seen[id(handler)] = idle_since.get(id(handler), now)
+                    if now - since >= self.idle_timeout_s:
+                        handler.force_close()
+                        transport = getattr(handler, "transport", None)
+                        if transport is not None:
+                            transport.close()
+                idle_since = seen
+            except Exception:  # noqa: BLE001 - the sweep never stops
+                log.exception("connection sweep")
 
     # ---- helpers ----------------------------------------------------------------------------
 
+    @staticmethod
+    async def _headers(request, response) -> None:
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+
+    def _check_host(self, request: web.Request) -> None:
+        header = request.headers.get("Host")
+        if not host_allowed(header, self.allowed_hosts):
+            shown = (header or "").encode("utf-8", "surrogateescape")[:80].decode(
+                "ascii", "replace")
+            raise StoreError(f"this box does not answer to Host {shown!r}"
+                             " (add the name to MORPHBOX_ALLOWED_HOSTS if it is really this "
+                             "box)", 421, "host")
+
     @web.middleware
-    async def _errors(self, request, handler):
+    async def _guard(self, request, handler):
         try:
+            self._check_host(request)
             return await handler(request)
         except StoreError as exc:
             return _err(exc.status, exc.code, str(exc))
+        except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself
+            if exc.status >= 400:
+                return _err(exc.status, "http", exc.reason)
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - no input may get a traceback
+            log.exception("unexpected error answering %s %s", request.method,
+                          request.rel_url.path)
+            return _err(500, "internal", "internal error on the device (logged); the box plays "
+                        "on")
+
+    async def _expect(self, request: web.Request):
+        """``Expect: 100-continue``: refuse from the headers before the client sends a byte."""
+        try:
+            self._check_host(request)
+            self._auth(request)
+            self._upload_slot_free()
+            self._size_ok(request.content_length)
+        except StoreError as exc:
+            return _err(exc.status, exc.code, str(exc))
+        request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
 
     def _auth(self, request: web.Request) -> None:
         tok = request.headers.get("X-Morphbox-Token")
@@ -182,12 +413,63 @@ class ApiServer:
             tok = auth[7:]
         self.store.check_token(tok)
 
+    def _upload_slot_free(self) -> None:
+        if self.uploads >= self.max_uploads:
+            raise StoreError(f"the device is busy with {self.uploads} uploads; try again in a "
+                             "few seconds", 429, "busy")
+
+    def _size_ok(self, length: int | None) -> None:
+        if length is not None and length > self.store.max_pack_bytes:
+            raise StoreError(f"upload of {length / 1e6:.1f} MB is larger than the "
+                             f"{self.store.max_pack_bytes / 1e6:.1f} MB this device accepts",
+                             413, "too_large")
+
     def _activate(self, pid: str):
-        return self.store.activate(pid, apply=self.service.switch_pack
-                                   if self.service is not None else None)
+        try:
+            return self.store.activate(pid, apply=self.service.switch_pack
+                                       if self.service is not None else None)
+        finally:
+            trim_memory()
 
     async def _work(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+
+    async def _json(self, request: web.Request):
+        """The request's JSON body, read within the read timeout; None if it is not JSON."""
+        try:
+            return await asyncio.wait_for(request.json(), self.read_timeout_s)
+        except TimeoutError:
+            raise StoreError(f"request body stalled: no data for {self.read_timeout_s:.0f} s",
+                             408, "timeout") from None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    async def _drain(self, request: web.Request, exc: StoreError) -> None:
+        """After a paired client's upload was refused part-way, read (and drop) the rest of its
+        body so it can read the reason, if that is at most the upload limit and takes at most
+        :data:`DRAIN_S`; otherwise the connection is closed with the answer."""
+        if exc.status in _CLOSE or request.content.is_eof():
+            return
+        length = request.content_length
+        limit = self.store.max_pack_bytes
+        if length is not None and length > limit:
+            return
+        loop = asyncio.get_running_loop()
+        end, seen = loop.time() + DRAIN_S, 0
+        try:
+            while not request.content.is_eof() and seen <= limit:
+                left = end - loop.time()
+                if left <= 0:
+                    return
+                chunk = await asyncio.wait_for(request.content.readany(), left)
+                if not chunk:
+                    return
+                seen += len(chunk)
+        except (TimeoutError, ConnectionError, OSError):
+            return
 
     # ---- handlers ---------------------------------------------------------------------------
 
@@ -210,17 +492,34 @@ class ApiServer:
                         audio={k: st[k] for k in ("audio_device", "blocks", "late_blocks",
                                                    "xruns", "errors")},
                         grid=self.service.engine.grid.name)
+            body["audio"]["nonfinite_blocks"] = getattr(self.service.engine,
+                                                        "nonfinite_blocks", 0)
         return web.json_response(body)
 
+    async def auth(self, request):
+        self._auth(request)
+        return web.Response(status=204)
+
     async def packs(self, request):
-        return web.json_response(await self._work(self.store.list_packs))
+        return web.json_response(await self._io(self.store.list_packs))
 
     async def upload(self, request):
         self._auth(request)
+        self._upload_slot_free()
         cl = request.content_length
+        self._size_ok(cl)
+        loop = asyncio.get_running_loop()
+        self.uploads += 1
         t0 = time.perf_counter()
-        pid = await self._work(self.store.install,
-                               _StreamBridge(request.content, asyncio.get_running_loop()), cl)
+        try:
+            bridge = _StreamBridge(request.content, loop, self.read_timeout_s,
+                                   loop.time() + self.upload_timeout_s)
+            pid = await loop.run_in_executor(self._upload_pool, self._install, bridge, cl)
+        except StoreError as exc:
+            await self._drain(request, exc)
+            raise
+        finally:
+            self.uploads -= 1
         t1 = time.perf_counter()
         body = {"id": pid, "activated": False, "seconds": {"install": round(t1 - t0, 4)}}
         if request.query.get("activate") in ("1", "true", "yes"):
@@ -232,6 +531,12 @@ class ApiServer:
             body.update(activated=True, previous=act.previous)
             body["seconds"].update(load=round(act.load_s, 4), swap=round(act.swap_s, 4))
         return web.json_response(body, status=201)
+
+    def _install(self, bridge, length):
+        try:
+            return self.store.install(bridge, length)
+        finally:
+            trim_memory()
 
     async def activate(self, request):
         self._auth(request)
@@ -251,8 +556,8 @@ class ApiServer:
 
     async def pair(self, request):
         self._auth(request)
+        body = await self._json(request)
         try:
-            body = await request.json()
             raw = parse_public_key(str(body["public_key"]))
         except (ValueError, KeyError, TypeError) as exc:
             return _err(400, "bad_key", f"pairing needs {{\"public_key\": 64 hex digits}}: "
@@ -277,13 +582,11 @@ class ApiServer:
     async def record(self, request):
         self._auth(request)
         service = self._need_service()
-        try:
-            action = (await request.json())["action"]
-        except (ValueError, KeyError, TypeError):
-            action = None
+        body = await self._json(request)
+        action = body.get("action") if isinstance(body, dict) else None
         ops = {"start": service.start_recording, "stop": service.stop_recording,
                "toggle": service.toggle_recording}
-        if action not in ops:
+        if not isinstance(action, str) or action not in ops:
             return _err(400, "bad_request", 'recording needs {"action": "start", "stop" or '
                         '"toggle"}')
         try:
@@ -295,19 +598,26 @@ class ApiServer:
     async def recordings(self, request):
         self._auth(request)
         d = self.store.recordings_dir
-        files = [p for p in sorted(d.iterdir()) if _RECORDING.match(p.name) and p.is_file()] \
-            if d.is_dir() else []
-        return web.json_response([{"name": p.name, "bytes": p.stat().st_size,
-                                   "modified": p.stat().st_mtime} for p in files])
+
+        def listing():
+            try:
+                files = [p for p in sorted(d.iterdir())
+                         if recording_name_ok(p.name) and p.is_file() and not p.is_symlink()]
+                return [{"name": p.name, "bytes": p.stat().st_size,
+                         "modified": p.stat().st_mtime} for p in files]
+            except OSError:
+                return []
+
+        return web.json_response(await self._io(listing))
 
     async def recording(self, request):
         self._auth(request)
         name = request.match_info["name"]
-        if not _RECORDING.match(name):
+        if not recording_name_ok(name):
             return _err(400, "traversal", f"refused recording name {name!r}: a plain .wav or "
                         ".mid file name (no paths)")
         path = self.store.recordings_dir / name
-        if not path.is_file():
+        if path.is_symlink() or not path.is_file():
             return _err(404, "not_found", f"no recording {name!r}")
         return web.FileResponse(path, headers={
             "Content-Disposition": f'attachment; filename="{name}"'})

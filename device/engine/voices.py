@@ -57,7 +57,7 @@ from morphbox.device.engine.compiled import attach as attach_render
 from morphbox.device.engine.controls import Controls
 from morphbox.device.packs.format import Grid
 from morphbox.kernels import envelope as env
-from morphbox.kernels.features import envelope_interp
+from morphbox.kernels.features import DB_FLOOR, envelope_interp
 from morphbox.kernels.limiter import SoftLimiter
 from morphbox.kernels.noise import NoiseSynth
 from morphbox.kernels.oscillator import (
@@ -465,6 +465,7 @@ class Engine:
             self.nonfinite_blocks += 1
             mono[:] = 0.0
             self._stage[:] = env.IDLE
+            self._noise.reset()  # its overlap-add tail carries the bad values on
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
 
@@ -586,8 +587,11 @@ class Engine:
         if expr.pressure_brightness > 0.0:  # tilt: -d (1 - p) log2(k) dB
             dark = expr.pressure_brightness * (1.0 - self._expr[1, live])
             amps_db = amps_db - dark[:, None].astype(np.float32) * self._log2k[:amps_db.shape[1]]
+        floor = np.float32(DB_FLOOR)
+        audible = amps_db > floor  # the floor (code 0) and below is silence, as in kernels.synth
         amps_db = amps_db * np.float32(np.log(10.0) / 20.0)  # dB -> nepers
         amps = np.exp(amps_db)
+        amps *= audible
         amps *= self._pgv[live, :amps.shape[1]]
         sizes = self._size[live]
         tables = self._bank.build(amps, sizes, self._scratch[:len(live)])
@@ -615,7 +619,9 @@ class Engine:
                 * self._ramp
         wave *= amp
         mono = wave.sum(axis=0)
-        band = np.exp(frames_db[:, k + e:] * np.float32(np.log(10.0) / 20.0)) * end[:, None]
+        noise_db = frames_db[:, k + e:]
+        band = np.exp(noise_db * np.float32(np.log(10.0) / 20.0)) * end[:, None]
+        band *= noise_db > floor
         mono += self._noise.render(np.einsum("vb,vb->b", band, band))
         # advance oscillator and note time
         self._tables[live] = tables

@@ -409,6 +409,11 @@ class MidiRouter(ThreadPart):
         return True
 
     # ---- MPE -------------------------------------------------------------------------------
+    def set_zones(self, zones: MpeZones) -> None:
+        """Adopt ``zones`` now (as an MCM would); ``MpeZones(0, 0)`` turns MPE off."""
+        with self._lock:
+            self._set_zones(zones)
+
     def _set_zones(self, zones: MpeZones) -> None:
         """Adopt a zone layout: channel roles, member bend ranges back to the zones' value."""
         self._zones = zones

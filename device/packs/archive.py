@@ -19,7 +19,8 @@ manifest ``format_version``), ``name`` (pack name), ``key_id`` (signer, see :fun
 covers the whole archive; the members are checked as they stream past.
 
 Refusals raise :class:`ArchiveError` with a ``code`` (``format``, ``version``,
-``signature``, ``traversal``, ``corrupt``, ``too_large``) and a message for people.
+``signature``, ``traversal``, ``corrupt``, ``too_large``, ``schema``) and a message for
+people.
 
 numpy-free; needs ``cryptography`` (Ed25519).
 """
@@ -35,14 +36,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from morphbox.device.packs.format import _NAME as _PACK_MEMBER_NAME
 from morphbox.device.packs.format import (
     FORMAT,
     FORMAT_VERSIONS,
     MANIFEST,
     REBUILD,
     RETIRED_VERSIONS,
+    member_name_ok,
 )
+from morphbox.device.packs.schema import MAX_MANIFEST_BYTES, SchemaError, strict_json
 
 MAGIC = b"MBPACK"
 ARCHIVE_VERSION = 1
@@ -51,13 +53,19 @@ SIGNATURE_BYTES = 64
 SUFFIX = ".mbpack"
 CHUNK = 1 << 16
 
-_MEMBER = _PACK_MEMBER_NAME  # the pack format's own rule: plain .npy / .tflite names
-PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# pack names: letters, digits, . _ -, at most 64, matched against the WHOLE name (fullmatch:
+# with ``re.match`` and ``$`` a name ending in a newline would pass)
+PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def pack_name_ok(name) -> bool:
+    """Can a pack named ``name`` be installed (a plain name, no path, no control bytes)?"""
+    return isinstance(name, str) and PACK_NAME.fullmatch(name) is not None
 
 
 class ArchiveError(Exception):
     """An archive is refused. ``code``: format, version, signature, traversal, corrupt,
-    too_large (the HTTP API maps it to a status)."""
+    too_large, schema (the HTTP API maps it to a status)."""
 
     def __init__(self, message: str, code: str = "format"):
         super().__init__(message)
@@ -108,7 +116,7 @@ def write_archive(pack_dir: str | os.PathLike, out: str | os.PathLike, private_k
     from morphbox.device.packs.format import load_pack
     pack_dir, out = Path(pack_dir), Path(out)
     pack = load_pack(pack_dir)
-    if not PACK_NAME.match(pack.name):
+    if not pack_name_ok(pack.name):
         raise ArchiveError(f"pack name {pack.name!r} cannot be installed: use letters, digits, "
                            ". _ - (at most 64)", "format")
     names = [MANIFEST] + sorted(pack.manifest["members"])
@@ -195,8 +203,8 @@ def peek_header(f) -> tuple[bytes, bytes, bytes, dict]:
     hb = _read_exact(f, hlen, "header")
     sig = _read_exact(f, SIGNATURE_BYTES, "signature")
     try:
-        header = json.loads(hb.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = strict_json(hb, "archive header")
+    except SchemaError:
         header = None
     if not (isinstance(header, dict) and isinstance(header.get("key_id"), str)):
         raise ArchiveError("archive header is not valid JSON with a key_id", "format")
@@ -233,7 +241,7 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
         raise ArchiveError(f"incompatible pack: format version {pv!r}, this device reads "
                            f"versions {', '.join(map(str, FORMAT_VERSIONS))}{hint}", "version")
     name = header.get("name")
-    if not isinstance(name, str) or not PACK_NAME.match(name):
+    if not pack_name_ok(name):
         raise ArchiveError(f"pack name {name!r} is not allowed (letters, digits, . _ -; at most "
                            f"64; no paths)", "traversal")
     members = header.get("members")
@@ -245,7 +253,7 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
         if not isinstance(m, dict):
             raise ArchiveError("archive member record is not an object", "format")
         mname = m.get("name")
-        ok = mname == MANIFEST if i == 0 else isinstance(mname, str) and _MEMBER.match(mname)
+        ok = mname == MANIFEST if i == 0 else member_name_ok(mname)
         if not ok:
             if i == 0 and mname != MANIFEST:
                 raise ArchiveError(f"first member must be {MANIFEST}, got {mname!r}", "format")
@@ -258,6 +266,9 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
         if type(size) is not int or size < 0 or not (
                 isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             raise ArchiveError(f"member {mname} has a bad size or SHA-256 record", "format")
+        if mname == MANIFEST and size > MAX_MANIFEST_BYTES:
+            raise ArchiveError(f"{MANIFEST} of {size} bytes is larger than the "
+                               f"{MAX_MANIFEST_BYTES} a pack may have", "too_large")
         total += size
     if max_bytes is not None and total > max_bytes:
         raise ArchiveError(f"pack archive is {total / 1e6:.1f} MB, more than the "
@@ -266,16 +277,19 @@ def read_header(f, trusted: dict[str, bytes], max_bytes: int | None = None) -> A
 
 
 def extract_archive(f, dest: str | os.PathLike, trusted: dict[str, bytes],
-                    max_bytes: int | None = None) -> ArchiveHeader:
+                    max_bytes: int | None = None, on_header=None) -> ArchiveHeader:
     """Verify and extract the archive in stream ``f`` into the existing empty directory
     ``dest``: header (see :func:`read_header`), then each member's size and SHA-256 as it is
     written, fsynced; nothing may follow the last member. ``dest`` then holds a pack
     directory that still has to pass :func:`morphbox.device.packs.format.load_pack` (the caller
-    does that).
+    does that). ``on_header(header)`` is called once the signed header is checked, before any
+    member is written (the store checks the space the archive needs there; it may raise).
     Raises :class:`ArchiveError`; ``dest`` may hold partial files then (the caller removes
     it)."""
     dest = Path(dest)
     hdr = read_header(f, trusted, max_bytes)
+    if on_header is not None:
+        on_header(hdr)
     for m in hdr.members:
         h = hashlib.sha256()
         left = m["bytes"]
@@ -296,9 +310,9 @@ def extract_archive(f, dest: str | os.PathLike, trusted: dict[str, bytes],
     if f.read(1):
         raise ArchiveError("archive has data after its last member", "corrupt")
     try:
-        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArchiveError(f"{MANIFEST} in the archive is not JSON: {exc}", "format") from None
+        manifest = strict_json((dest / MANIFEST).read_bytes(), MANIFEST)
+    except SchemaError as exc:
+        raise ArchiveError(f"pack refused: {exc}", "schema") from None
     listed = set(manifest.get("members", {})) if isinstance(manifest, dict) else set()
     extra = sorted({m["name"] for m in hdr.members[1:]} - listed)
     if extra:

@@ -4,17 +4,22 @@ A pack is a directory holding ``manifest.json`` and one ``.npy`` file per member
 full-band features (:mod:`morphbox.kernels.features`) of its instruments and of the morph grid
 of its active corners, with each note's decay rates and velocity layers; a neural pack also
 carries the learned embeddings of its instruments (``instruments_z``,
-``instruments_z_scale``) and its TFLite decoder (``decoder.tflite``, read as bytes). Packs of
-versions 1 and 2 (16 kHz notes, 64 partials, 1.6 s per note) are refused with a message that
-says how to rebuild them. The manifest
-names every member with its SHA-256, dtype and shape; :func:`load_pack` refuses a pack whose
-format or version it does not know, a missing, extra-named, truncated or altered member, or an
-array whose shape does not match the manifest's dimensions, raising :class:`PackError` with the
-reason. Arrays are read with ``allow_pickle=False``. :func:`write_pack` writes into a temporary
-sibling directory and renames it into place, so a reader never sees half a pack.
+``instruments_z_scale``) and its TFLite decoder (``decoder.tflite``, read as bytes). The manifest
+names every member with its SHA-256, dtype and shape. Packs of versions 1 and 2 (16 kHz
+notes, 64 partials, 1.6 s per note) are refused first, with a message that says how to
+rebuild them. :func:`load_pack` checks the manifest
+against the schema first (:mod:`morphbox.device.packs.schema`: type, finiteness and range of
+every field, nesting and size limits), then opens members as regular files only (no FIFO,
+device or symbolic link), hashes them as they stream and reads each array after its header
+matched the manifest's dtype and shape; it refuses a pack whose format or version it does not
+know, a missing, extra-named, truncated or altered member, an array whose shape does not match
+the manifest's dimensions, or float contents out of range, raising :class:`PackError` with the
+reason. Arrays are never unpickled. :func:`write_pack` writes into a temporary sibling
+directory and renames it into place, so a reader never sees half a pack.
 
 Shared by the device (loading) and host_tools (building); numpy and the standard library only
-(plus the TFLite runtime of :mod:`morphbox.device.packs.neural` to check a neural pack's decoder).
+(plus the TFLite runtime of :mod:`morphbox.device.packs.neural` to check a neural pack's decoder,
+and :mod:`morphbox.device.packs.schema`, imported when a manifest is checked).
 """
 
 from __future__ import annotations
@@ -26,14 +31,13 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from morphbox.kernels.features import check_frame_times
-from morphbox.kernels.grid import CORNERS
 from morphbox.kernels.quant import dequantize_db
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,9 @@ MANIFEST = "manifest.json"
 MODES = ("spectral", "neural")
 QUANTIZATIONS = ("int8", "float32")
 DECODER = "decoder.tflite"
+_CHUNK = 1 << 16
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*\.(npy|tflite)$")
+_NAME = re.compile(r"[a-z][a-z0-9_]*\.(npy|tflite)")  # full match only: member_name_ok
 
 # member -> (dtype, shape expressed in manifest dimensions); "channels" = harmonics +
 # envelope_bands + noise_bands (one note frame, in that order), "layers" = velocity layers,
@@ -94,11 +99,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def member_name_ok(name) -> bool:
+    """Is ``name`` a plain member file name (``[a-z][a-z0-9_]*`` + ``.npy``/``.tflite``, the
+    whole string: no path, no trailing newline)?"""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
 def _dims(manifest: dict) -> dict[str, int]:
-    for key in ("frames", "harmonics", "envelope_bands", "noise_bands", "grid_size"):
-        if type(manifest.get(key)) is not int:
-            raise PackError(f"manifest field {key} must be an integer, got "
-                            f"{manifest.get(key)!r}")
+    """The manifest's dimensions by name (call after the schema check)."""
     try:
         return {
             "instruments": len(manifest["instruments"]),
@@ -166,108 +174,9 @@ class Pack:
 
 
 def _check_manifest(manifest: dict, where: Path) -> None:
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PackError(f"{where}: not a morphbox pack (format field is not {FORMAT!r})")
-    version = manifest.get("format_version")
-    if type(version) is int and version in RETIRED_VERSIONS:
-        raise PackError(f"{where}: {RETIRED_VERSIONS[version]}; this morphbox plays format "
-                        f"version {FORMAT_VERSION} (48 kHz, full band, whole notes): {REBUILD}")
-    if type(version) is not int or version not in FORMAT_VERSIONS:
-        raise PackError(f"{where}: unknown pack format version {version!r}; this morphbox "
-                        f"reads versions {', '.join(map(str, FORMAT_VERSIONS))}")
-    mode = manifest.get("mode")
-    if mode not in MODES:
-        raise PackError(f"{where}: unknown mode {mode!r} (expected one of "
-                        f"{', '.join(MODES)})")
-    if mode == "neural":
-        _check_model(manifest.get("model"), where)
-        grid = manifest.get("neural_grid", {})
-        if not (isinstance(grid, dict) and isinstance(grid.get("anchor_corners", False), bool)):
-            raise PackError(f"{where}: neural_grid must be an object whose anchor_corners is "
-                            f"true or false, got {grid!r}")
-    dims = _dims(manifest)
-    for key, value in dims.items():
-        if value <= 0:
-            raise PackError(f"{where}: dimension {key} must be positive, got {value}")
-    value = manifest.get("source_sample_rate")
-    if not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        raise PackError(f"{where}: source_sample_rate must be a positive number, got {value!r}")
-    times = manifest.get("frame_times")
-    try:
-        check_frame_times(times if isinstance(times, list) else None)
-    except (ValueError, TypeError) as exc:
-        raise PackError(f"{where}: frame_times: {exc}") from None
-    if len(times) != dims["frames"]:
-        raise PackError(f"{where}: frame_times has {len(times)} entries, frames is "
-                        f"{dims['frames']}")
-    vel = manifest.get("velocity")
-    layers = manifest.get("velocity_layers")
-    if not (isinstance(layers, list) and layers and all(type(v) is int and 1 <= v <= 127
-                                                        for v in layers)
-            and layers == sorted(set(layers)) and vel in layers):
-        raise PackError(f"{where}: velocity_layers must be strictly increasing MIDI velocities "
-                        f"(1..127) that include the pack's velocity {vel!r}, got {layers!r}")
-    if dims["grid"] < 2:
-        raise PackError(f"{where}: grid_size must be at least 2")
-    anchors = manifest["pitch_anchors"]
-    if not isinstance(anchors, list) or not all(type(a) is int for a in anchors):
-        raise PackError(f"{where}: pitch_anchors must be a list of MIDI note integers")
-    if anchors != sorted(set(anchors)):
-        raise PackError(f"{where}: pitch_anchors must be strictly increasing")
-    loop = manifest.get("loop")
-    if not isinstance(loop, dict):
-        raise PackError(f"{where}: loop must be an object with start and end frames")
-    start, end = loop.get("start"), loop.get("end")
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end < dims["frames"]):
-        raise PackError(f"{where}: loop points {start!r}..{end!r} must satisfy "
-                        f"0 <= start < end < frames ({dims['frames']})")
-    if loop.get("style") != "forward":
-        raise PackError(f"{where}: loop style {loop.get('style')!r}: version {FORMAT_VERSION} "
-                        "loops forward (with the decay rates)")
-    corners = manifest.get("corners")
-    if not isinstance(corners, dict) or sorted(corners) != sorted(CORNERS) or not all(
-            isinstance(i, int) and 0 <= i < dims["instruments"] for i in corners.values()):
-        raise PackError(f"{where}: corners must map NW, NE, SW, SE to instrument indices")
-    members = manifest.get("members")
-    if not isinstance(members, dict):
-        raise PackError(f"{where}: manifest has no members table")
-    for name, meta in members.items():
-        if not _NAME.match(name):
-            raise PackError(f"{where}: member name {name!r} is not a plain .npy or .tflite "
-                            "file name")
-        if name.endswith(".tflite") and mode != "neural":
-            raise PackError(f"{where}: member {name}: only a neural pack carries a model")
-        if not isinstance(meta, dict):
-            raise PackError(f"{where}: member {name} has no hash record in the manifest")
-    missing = sorted(set(MEMBERS) - set(members))
-    if missing:
-        raise PackError(f"{where}: manifest lacks required member(s) {', '.join(missing)}")
-    if mode == "neural":
-        missing = sorted((set(NEURAL_MEMBERS) | {DECODER}) - set(members))
-        if missing:
-            raise PackError(f"{where}: neural pack lacks its model member(s) "
-                            f"{', '.join(missing)}")
-        if manifest["model"]["sha256"] != members[DECODER].get("sha256"):
-            raise PackError(f"{where}: model.sha256 in the manifest is not the SHA-256 of "
-                            f"member {DECODER}")
-
-
-def _check_model(model, where: Path) -> None:
-    """The manifest's ``model`` record of a neural pack."""
-    if not isinstance(model, dict):
-        raise PackError(f"{where}: neural pack has no model record (version, sha256, "
-                        "quantization, z_dims) in its manifest")
-    if not isinstance(model.get("version"), str) or not model["version"]:
-        raise PackError(f"{where}: model.version must be a non-empty string")
-    sha = model.get("sha256")
-    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
-        raise PackError(f"{where}: model.sha256 must be a hex SHA-256, got {sha!r}")
-    if model.get("quantization") not in QUANTIZATIONS:
-        raise PackError(f"{where}: model.quantization must be one of {', '.join(QUANTIZATIONS)},"
-                        f" got {model.get('quantization')!r}")
-    z = model.get("z_dims")
-    if type(z) is not int or z <= 0:
-        raise PackError(f"{where}: model.z_dims must be a positive integer, got {z!r}")
+    """The manifest schema (:mod:`morphbox.device.packs.schema`); raises ``PackError``."""
+    from morphbox.device.packs.schema import check_manifest
+    check_manifest(manifest, where)
 
 
 def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
@@ -295,53 +204,147 @@ def load_decoder(path: Path, manifest: dict, num_threads: int | None = None):
                         f"{str(exc).replace(str(path / DECODER) + ': ', '')}") from None
 
 
+def open_regular(path: Path, what: str, where: Path | str) -> int:
+    """Open ``path`` for reading only if it is a regular file: never a FIFO (opening one
+    would wait for a writer), a device, a socket, a directory or a symbolic link (which could
+    lead out of the pack). Returns the file descriptor; raises :class:`PackError` naming
+    ``what``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise PackError(f"{where}: {what} is missing") from None
+    except OSError as exc:
+        raise PackError(f"{where}: cannot read {what}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PackError(f"{where}: {what} is not a regular file ({_kind(st.st_mode)}); "
+                        "a pack holds plain files only")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:  # replaced since the lstat: a link (ELOOP), gone, unreadable
+        raise PackError(f"{where}: cannot read {what}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackError(f"{where}: {what} is not a regular file; a pack holds plain files only")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of the pack directory ``path``, read safely (a regular file of at most
+    :data:`morphbox.device.packs.schema.MAX_MANIFEST_BYTES`) and checked against the schema
+    (:func:`morphbox.device.packs.schema.parse_manifest`) before anything else of the pack is
+    read. Raises :class:`PackError` naming the field and the rule."""
+    from morphbox.device.packs.schema import MAX_MANIFEST_BYTES, parse_manifest
+    path = Path(path)
+    if not path.is_dir():
+        raise PackError(f"{path}: not a pack directory (no {MANIFEST}; is this a pack "
+                        "directory?)")
+    fd = open_regular(path / MANIFEST, MANIFEST, path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise PackError(f"{path}: cannot read {MANIFEST}: {exc.strerror}") from None
+    return parse_manifest(data, path)
+
+
+def _hash_file(f, where: Path, name: str) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    try:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    except OSError as exc:
+        raise PackError(f"{where}: cannot read member {name}: {exc.strerror}") from None
+    return h.hexdigest(), n
+
+
+def _read_npy(f, where: Path, name: str, manifest: dict) -> np.ndarray:
+    """The array in ``.npy`` file ``f``: its header is checked against the manifest's dtype and
+    shape before any data is allocated; object (pickle) arrays and trailing bytes refused."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # noqa: BLE001 - numpy raises several types for bad headers
+        raise PackError(f"{where}: member {name} is not a readable array: {exc}") from None
+    if dtype.hasobject:
+        raise PackError(f"{where}: member {name} is not a readable array: it holds Python "
+                        "objects (a pickle), which a pack may not")
+    if name in _SHAPES:
+        want_dtype, _ = _SHAPES[name]
+        want = expected_shape(name, manifest)
+        if dtype != np.dtype(want_dtype) or tuple(shape) != want:
+            raise PackError(f"{where}: member {name} has {dtype}{list(shape)}, expected "
+                            f"{want_dtype}{list(want)}")
+    else:  # a member the manifest lists but this version does not use: bounded by its size
+        size = os.fstat(f.fileno()).st_size
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > size:
+            raise PackError(f"{where}: member {name} is not a readable array: its header "
+                            "promises more data than the file holds")
+    array = np.empty(shape, dtype, order="F" if fortran else "C")
+    buf = memoryview(array.reshape(-1, order="A")).cast("B")
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])
+        if not n:
+            raise PackError(f"{where}: member {name} is not a readable array: its data ends "
+                            f"{len(buf) - got} bytes short")
+        got += n
+    if f.read(1):
+        raise PackError(f"{where}: member {name} has bytes after its array data")
+    return array
+
+
 def load_pack(path: str | os.PathLike) -> Pack:
     """Load and verify the pack in directory ``path``.
 
-    Raises :class:`PackError` naming the problem: unreadable manifest, unknown format or
-    version, missing member, SHA-256 mismatch (bit flip, truncation), unreadable array, or an
-    array whose dtype or shape differs from what the manifest declares.
+    The manifest is read and checked against the schema first
+    (:func:`read_manifest`); then each member is opened as a regular file only
+    (:func:`open_regular`), hashed as it streams (SHA-256 against the manifest), and read
+    with its header checked against the manifest's dtype and shape before the data is
+    allocated; float members are checked for finite, in-range values
+    (:func:`morphbox.device.packs.schema.check_values`). Raises :class:`PackError` naming the
+    problem: unreadable manifest, a field that breaks the schema, missing member, a member
+    that is not a regular file, SHA-256 mismatch (bit flip, truncation), unreadable array, an
+    array whose dtype or shape differs from what the manifest declares, or out-of-range
+    contents.
     """
+    from morphbox.device.packs.schema import check_values
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PackError(f"{path}: no {MANIFEST} (is this a pack directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackError(f"{path}: cannot read {MANIFEST}: {exc}") from None
-    _check_manifest(manifest, path)
+    manifest = read_manifest(path)
     arrays, blobs = {}, {}
     for name, meta in manifest["members"].items():
-        file = path / name
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise PackError(f"{path}: member {name} is missing") from None
-        except OSError as exc:
-            raise PackError(f"{path}: cannot read member {name}: {exc}") from None
-        if sha256_bytes(data) != meta.get("sha256"):
-            raise PackError(f"{path}: member {name} is corrupt (SHA-256 mismatch; "
-                            f"{len(data)} bytes on disk)")
-        if name.endswith(".tflite"):
-            blobs[name[:-7]] = data
-            continue
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except Exception as exc:  # numpy raises several types for malformed headers
-            raise PackError(f"{path}: member {name} is not a readable array: {exc}") from None
-        if name in _SHAPES:
-            dtype, _ = _SHAPES[name]
-            shape = expected_shape(name, manifest)
-            if array.dtype != np.dtype(dtype) or array.shape != shape:
-                raise PackError(f"{path}: member {name} has {array.dtype}{list(array.shape)}, "
-                                f"expected {dtype}{list(shape)}")
+        fd = open_regular(path / name, f"member {name}", path)
+        with os.fdopen(fd, "rb") as f:
+            digest, size = _hash_file(f, path, name)
+            if digest != meta["sha256"]:
+                raise PackError(f"{path}: member {name} is corrupt (SHA-256 mismatch; "
+                                f"{size} bytes on disk)")
+            f.seek(0)
+            if name.endswith(".tflite"):
+                blobs[name[:-7]] = f.read()
+                continue
+            array = _read_npy(f, path, name, manifest)
+        check_values(name, array, path)
         arrays[name[:-4]] = array
     decoder = None
     if manifest["mode"] == "neural":
-        scale = arrays["instruments_z_scale"]
-        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-            raise PackError(f"{path}: member instruments_z_scale.npy must be finite and "
-                            "positive")
         from morphbox.device.packs.neural import RuntimeMissing
         try:
             decoder = load_decoder(path, manifest)
@@ -379,7 +382,7 @@ def write_pack(path: str | os.PathLike, manifest: dict, arrays: dict[str, np.nda
                 np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
                 data, name = buf.getvalue(), f"{key}.npy"
                 meta = {"dtype": str(value.dtype), "shape": list(value.shape)}
-            if not _NAME.match(name):
+            if not member_name_ok(name):
                 raise PackError(f"{path}: member name {name!r} is not a plain .npy or .tflite "
                                 "file name")
             (tmp / name).write_bytes(data)
@@ -531,21 +534,35 @@ def velocity_to_codes(db: np.ndarray) -> np.ndarray:
 def grid_from_arrays(manifest: dict, harmonics, envelope, noise, decay, velocity, hold,
                      name: str = "") -> Grid:
     """A :class:`Grid` from a pack's grid-shaped codes (``grid_*`` members, or any grid built
-    like them) and its manifest."""
-    return Grid.from_parts(dequantize_db(harmonics), dequantize_db(noise),
-                           dequantize_db(envelope), anchors=manifest["pitch_anchors"],
-                           frame_times=manifest["frame_times"],
-                           loop_start=int(manifest["loop"]["start"]),
-                           loop_end=int(manifest["loop"]["end"]),
-                           source_rate=float(manifest["source_sample_rate"]),
-                           decay_db=decay_from_codes(decay),
-                           hold=np.asarray(hold, np.float32),
-                           velocity_db=velocity_from_codes(velocity),
-                           velocity_layers=manifest["velocity_layers"], name=name)
+    like them: uint8 ``(G, G, A, F, K)``, ``(G, G, A, F, E)``, ``(G, G, A, F, B)`` level codes,
+    uint8 ``(G, G, A, 2, C)`` decay codes, int8 ``(G, G, A, layers, C)`` velocity codes,
+    ``(G, G, A)`` hold) and its manifest.
+
+    The levels are filled one grid row at a time through a 256-entry table of the codes' dB
+    values (:func:`morphbox.kernels.quant.dequantize_db`), so building the grid needs no
+    whole-grid temporaries: peak memory is the float32 grid itself, not three times that."""
+    harmonics, envelope, noise = (np.asarray(x) for x in (harmonics, envelope, noise))
+    k, e = harmonics.shape[-1], envelope.shape[-1]
+    lut = dequantize_db(np.arange(256, dtype=np.uint8)).astype(np.float32)
+    frames_db = np.empty(harmonics.shape[:-1] + (k + e + noise.shape[-1],), np.float32)
+    for iy in range(harmonics.shape[0]):
+        np.take(lut, harmonics[iy], out=frames_db[iy, ..., :k], mode="clip")
+        np.take(lut, envelope[iy], out=frames_db[iy, ..., k:k + e], mode="clip")
+        np.take(lut, noise[iy], out=frames_db[iy, ..., k + e:], mode="clip")
+    return Grid(frames_db=frames_db, n_harmonics=k, n_envelope=e,
+                anchors=np.asarray(manifest["pitch_anchors"], np.int64),
+                frame_times=manifest["frame_times"],
+                loop_start=int(manifest["loop"]["start"]),
+                loop_end=int(manifest["loop"]["end"]),
+                source_rate=float(manifest["source_sample_rate"]),
+                decay_db=decay_from_codes(decay), hold=np.asarray(hold, np.float32),
+                velocity_db=velocity_from_codes(velocity),
+                velocity_layers=manifest["velocity_layers"], name=name)
 
 
 def grid_from_pack(pack: Pack) -> Grid:
-    """The active grid of a verified pack, dequantised to dB float32."""
+    """The active grid of a verified pack, dequantised to dB float32 (:func:`grid_from_arrays`:
+    one grid row at a time, no whole-grid temporaries)."""
     a = pack.arrays
     return grid_from_arrays(pack.manifest, a["grid_harmonics"], a["grid_envelope"],
                             a["grid_noise"], a["grid_decay"], a["grid_velocity"],

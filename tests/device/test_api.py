@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import numpy as np
 import pytest
@@ -204,3 +205,186 @@ def test_parse_bind():
     assert parse_bind(":8752") == ("127.0.0.1", 8752)
     with pytest.raises(ValueError, match="bad API address"):
         parse_bind("host:http")
+
+
+# ---- issue 13: every hostile case against a running service -------------------------------
+
+
+def _silent_pack(path):
+    """A pack that verifies but plays nothing: every partial and band is code 0 (no velocity
+    layer lifts it)."""
+    from morphbox.device.packs.format import load_pack, write_pack
+    src = load_pack(small_pack(path.with_name(path.name + "-src"), "silent"))
+    arrays = {k: (v * 0 if v.dtype in (np.uint8, np.int8) else v)
+              for k, v in src.arrays.items()}
+    manifest = {k: v for k, v in src.manifest.items()
+                if k not in ("members", "format", "format_version")}
+    return write_pack(path, manifest, arrays)
+
+
+@pytest.fixture
+def hostile_box(tmp_path):
+    """The box fixture's service, with a 1 s read timeout (so a stalled client is cut off
+    quickly) and one upload at a time."""
+    from tests.device.hostile import Target
+    key = new_key()
+    store = PackStore(tmp_path / "state")
+    store.add_key(public_raw(key))
+    pack = small_pack(tmp_path / "p120", "p120", level=120)
+    first = store.install_file(archive_of(pack, key))
+    store.activate(first)
+    service = Service(ServiceConfig(pack=store.startup()[1].path, audio="none"))
+    server = ApiServer(service, store, "127.0.0.1", 0, read_timeout_s=1.0, max_uploads=1,
+                       idle_timeout_s=2.0)
+    service.add(server)
+    service.controls.set_touch(0.5, 0.5)
+    service.start()
+    service.engine.note_on(60, 100)
+    target = Target(port=server.port, token=store.token, key=key, tmp=tmp_path, pack=pack,
+                    silent_pack=_silent_pack(tmp_path / "silent"))
+    yield {"service": service, "store": store, "server": server, "first": first,
+           "target": target}
+    service.stop()
+
+
+def _blocks(service) -> int:
+    return service.status()["blocks"]
+
+
+def _wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_every_hostile_http_case_is_refused_and_the_box_plays_on(hostile_box):
+    from tests.device.hostile import http_cases
+    service, store = hostile_box["service"], hostile_box["store"]
+    failures = []
+    for name, run in http_cases(hostile_box["target"]):
+        before = _blocks(service)
+        outcome = run()
+        if not outcome.ok or outcome.status >= 500 or (outcome.status == 0 and "slow"
+                                                        not in name and "byte" not in name):
+            failures.append(f"{name}: {outcome.status} {outcome.note}")
+        if store.pointer()["active"] != hostile_box["first"] or service.pack.name != "p120":
+            failures.append(f"{name}: the active pack changed")
+        if not _wait_for(lambda before=before: _blocks(service) > before + 5):
+            failures.append(f"{name}: the audio stopped")
+    assert not failures, "\n".join(failures)
+    st = service.status()
+    assert st["errors"] == 0 and service.engine.nonfinite_blocks == 0
+    assert service.engine.grid.name == "p120"
+    # nothing of the refused uploads is left on disk
+    assert not [p for p in store.packs_dir.iterdir() if p.name.startswith(".")]
+    assert not [p for p in store.packs_dir.iterdir() if p.name.startswith("fuzz")]
+    assert not [p for p in store.packs_dir.iterdir() if "\n" in p.name]
+
+
+def test_a_stalled_upload_does_not_hold_up_pack_operations(hostile_box):
+    """Issue 13, case 4: while a client stalls mid-upload, listing and activating answer at
+    once; the stalled upload is cut off with 408 and leaves nothing behind; a second upload
+    meanwhile is told the box is busy (429, one upload at a time here)."""
+    from tests.device.hostile import Staller, raw_http, signed_archive
+    t, store = hostile_box["target"], hostile_box["store"]
+    hostile_box["server"].read_timeout_s = 5.0  # long enough for what happens meanwhile
+    other = store.install_file(archive_of(small_pack(t.tmp / "p200", "p200", level=200),
+                                          t.key))
+    good = signed_archive(t.tmp / "stall.mbpack", t.key, t.pack).read_bytes()
+    staller = Staller(t.port, t.token, good[:3000], claimed=len(good))
+    try:
+        assert _wait_for(lambda: hostile_box["server"].uploads == 1, 10)
+        r = raw_http(t.port, "GET", "/api/packs", timeout=5)
+        assert r.status == 200 and len(r.json()) == 3
+        r = raw_http(t.port, "POST", f"/api/packs/{other}/activate",
+                     {"X-Morphbox-Token": t.token}, timeout=5)
+        assert r.status == 200 and hostile_box["service"].pack.name == "p200"
+        r = raw_http(t.port, "POST", "/api/packs", {"X-Morphbox-Token": t.token}, good,
+                     timeout=5)
+        assert r.status == 429 and "busy" in r.json()["error"] and r.closed
+        reply = staller.join(30)
+    finally:
+        staller.close()
+    assert reply is not None and reply.status == 408 and "stalled" in reply.json()["error"]
+    assert _wait_for(lambda: not [p for p in store.packs_dir.iterdir()
+                                  if p.name.startswith(".")], 10)
+
+
+def test_refusals_close_the_connection_without_reading_the_body(hostile_box):
+    from tests.device.hostile import raw_http, stream
+    t = hostile_box["target"]
+    r = raw_http(t.port, "POST", "/api/packs", {"Content-Length": str(1 << 30)},
+                 stream(128 << 20), answer_first=True)
+    assert r.status == 401 and r.json()["code"] == "auth"
+    assert r.closed and r.sent < (64 << 20)  # not read to its end (the kernel buffers some)
+    r = raw_http(t.port, "POST", "/api/packs", {"Expect": "100-continue",
+                                                "X-Morphbox-Token": "nope",
+                                                "Content-Length": "5000"}, [])
+    assert r.status == 403  # answered from the headers: the client never sent its body
+
+
+def test_answers_carry_page_security_headers_and_check_the_host(hostile_box):
+    from tests.device.hostile import raw_http
+    t = hostile_box["target"]
+    for path in ("/", "/api/status", "/static/app.js", "/nope"):
+        r = raw_http(t.port, "GET", path)
+        assert r.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert raw_http(t.port, "GET", "/nope").status == 404
+    for host in (b"127.0.0.1", b"localhost:8750", b"[::1]:8750", b"LOCALHOST."):
+        assert raw_http(t.port, "GET", "/api/status", host=host).status == 200, host
+    for host in (b"evil.example", b"evil.example:8750", b"127.0.0.1.evil.example",
+                 b"\xff\xfe", b"", b"a:b:c"):
+        r = raw_http(t.port, "GET", "/api/packs", host=host)
+        assert r.status in (400, 421), host
+    hostile_box["server"].allowed_hosts.add("studio.lan")
+    assert raw_http(t.port, "GET", "/api/status", host=b"studio.lan").status == 200
+
+
+def test_a_silent_pack_fails_its_sound_check_and_the_old_one_plays_on(hostile_box):
+    from tests.device.hostile import signed_archive
+    t, service = hostile_box["target"], hostile_box["service"]
+    api = Api(hostile_box["server"], t.token)
+    arc = signed_archive(t.tmp / "silent.mbpack", t.key, t.silent_pack, name="silent")
+    st, body = api("POST", "/api/packs?activate=1", arc.read_bytes())
+    assert st == 422 and "sound check: silent at NW" in body["error"]
+    assert f"rolled back to {hostile_box['first']} (still playing)" in body["error"]
+    assert service.pack.name == "p120" and service.engine.grid.name == "p120"
+
+
+def test_upload_past_the_packs_quota_is_507_and_leaves_nothing(hostile_box):
+    t, store = hostile_box["target"], hostile_box["store"]
+    api = Api(hostile_box["server"], t.token)
+    data = archive_of(small_pack(t.tmp / "p200", "p200", level=200), t.key).read_bytes()
+    store.packs_quota_bytes = store.packs_bytes() + len(data) // 2
+    st, body = api("POST", "/api/packs", data)
+    assert st == 507 and "quota" in body["error"]
+    from tests.device.hostile import chunked, raw_http
+    r = raw_http(t.port, "POST", "/api/packs", {"X-Morphbox-Token": t.token,
+                                                "Transfer-Encoding": "chunked"},
+                 chunked(data))
+    assert r.status == 507 and "quota" in r.json()["error"]
+    assert sorted(p.name for p in store.packs_dir.iterdir()) == [hostile_box["first"]]
+
+
+def test_a_client_trickling_its_headers_is_disconnected(hostile_box):
+    """Slowloris: aiohttp has no timeout for headers; the server's sweep closes a connection
+    that has had no request in progress for idle_timeout_s."""
+    import socket
+    server = hostile_box["server"]
+    server.idle_timeout_s = 1.0
+    from tests.device.hostile import trickled_until_closed
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        t0 = time.monotonic()
+        assert trickled_until_closed(sock, 30)
+        assert time.monotonic() - t0 >= 0.5  # by the sweep, not at once
+    finally:
+        sock.close()
+    st, _ = Api(server, None)("GET", "/api/status")  # others are still served
+    assert st == 200

@@ -270,6 +270,7 @@ def test_sim_profile_plays_the_whole_service_and_faults_never_stop_audio(monkeyp
     try:
         wait_until(lambda: loop.polls > 20 and svc.controls.snapshot.touching,
                    what="the scripted finger on the surface")
+        wait_until(lambda: loop.rig.oled.frames > 1, what="the screen drawn")
         x0 = svc.controls.snapshot.x
         chip = loop.rig.bus.detach(0x28)  # the touch surface vanishes ...
         wait_until(lambda: not loop.touch_guard.ok, what="the touch fault noticed")
@@ -278,13 +279,15 @@ def test_sim_profile_plays_the_whole_service_and_faults_never_stop_audio(monkeyp
         wait_until(lambda: loop.polls > polls + 20, what="polls during the fault")
         assert svc.controls.snapshot.x == held.x  # ... the position holds ...
         loop.rig.bus.attach(0x28, chip)  # ... and comes back
-        loop.rig.bus.inject(0x3D, "nack", 50)  # the OLED misbehaves too
+        frames = loop.rig.oled.frames
+        loop.rig.bus.inject(0x3D, "nack", 5)  # the OLED misbehaves too
         wait_until(lambda: loop.touch_guard.ok and loop.touch_guard.reinits >= 1,
                    what="the touch surface re-initialised")
         wait_until(lambda: svc.controls.snapshot.x != x0, what="the finger moving again")
         wait_until(lambda: svc.corners.corners != svc.pack.corners,
                    what="the scripted encoders turning a corner")
-        wait_until(lambda: loop.rig.oled.frames > 1, what="the screen drawn")
+        wait_until(lambda: loop.display_guard.failures >= 1, what="the OLED fault noticed")
+        wait_until(lambda: loop.rig.oled.frames > frames, what="the screen drawn again")
         blocks_mid = svc.status()["blocks"]
         wait_until(lambda: svc.status()["blocks"] > blocks_mid, what="audio still running")
         status = svc.status()

@@ -338,3 +338,119 @@ def test_a_high_note_has_partials_above_8_khz_and_nothing_above_nyquist(grid):
     between = 10 * np.log10(spec[~harmonic].sum() / spec.sum())
     assert between < -55, between
     assert freqs[spec > spec.max() * 1e-7].max() < 20500
+
+
+# ---- per-voice expression ------------------------------------------------------------------
+def test_per_voice_positions_match_the_shared_path(grid):
+    """Every voice on the touch: the per-voice path (mpe mode with no offsets) renders what
+    the shared path (follow mode) does, within float tolerance, while the touch moves."""
+    from morphbox.device.engine.controls import Expression
+    flat = Expression(timbre_x=0.0, timbre_y=0.0, pressure_x=0.0, pressure_y=0.0)
+    out = []
+    for mode in ("follow", "mpe"):
+        e = make_engine(grid, 0.1, 0.2)
+        e.controls.update(morph_mode=mode, expression=flat)
+        for i, n in enumerate((45, 52, 60, 67, 74)):
+            e.note_on(n, 100, channel=i, timbre=i / 4, pressure=i / 5)
+        blocks = []
+        for b in range(300):
+            e.controls.set_touch(0.5 + 0.45 * np.cos(b / 40), 0.5 + 0.45 * np.sin(b / 25))
+            blocks.append(e.render_block()[:, 0].copy())
+        out.append(np.concatenate(blocks))
+    assert np.abs(out[0]).max() > 0.05
+    np.testing.assert_allclose(out[1], out[0], rtol=0, atol=2e-6)
+
+
+def test_mix_voices_is_grid_cell_bilinear(grid):
+    """The per-voice gather equals the bilinear look-up of kernels.grid.grid_cell, voice by
+    voice (and between two frames), including points on grid lines and the far edge."""
+    from morphbox.device.engine.voices import _mix_voices
+    from morphbox.kernels.grid import grid_cell
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.random(20), [0.0, 1.0, 0.5, 0.125]])
+    y = np.concatenate([rng.random(20), [1.0, 0.0, 0.25, 1.0]])
+    n = len(x)
+    anchor = rng.integers(0, len(grid.anchors), n)
+    i0 = rng.integers(0, grid.n_frames - 1, n)
+    fr = rng.random(n)
+    f = grid.frames_db
+    got = _mix_voices(f.reshape(-1, f.shape[-1]), f.shape, x, y, anchor, i0, fr)
+    for v in range(n):
+        iy0, ix0, w = grid_cell(x[v], y[v], grid.size)
+        cell = f[iy0:iy0 + 2, ix0:ix0 + 2, anchor[v]]
+        a = np.einsum("ij,ijb->b", w, cell[:, :, i0[v]])
+        b = np.einsum("ij,ijb->b", w, cell[:, :, i0[v] + 1])
+        np.testing.assert_allclose(got[v], a + (b - a) * fr[v], atol=2e-4)
+
+
+def test_voice_bend_adds_to_the_global_bend_per_voice(grid):
+    e = make_engine(grid)
+    e.controls.set_bend(1.0)
+    e.note_on(57, 110, channel=1, bend=2.0)
+    assert abs(pitch_error_cents(mono(e, 1.4), SR, 60)) < 5
+    e = make_engine(grid)
+    e.note_on(57, 110, channel=3)
+    e.note_on(64, 110, channel=3)
+    mono(e, 0.05)
+    e.voice_control(3, note=64, bend=-1.5)  # one note of the channel (poly)
+    e.voice_control(3, bend=float("nan"))   # ignored
+    audio = mono(e, 1.4)
+    from morphbox.kernels.pitch import midi_to_hz
+    spec = np.abs(np.fft.rfft(audio[SR // 4:SR // 4 + SR] * np.blackman(SR)))
+    for note in (57, 62.5):
+        f = float(midi_to_hz(note))
+        near = spec[int(f * 0.99):int(f * 1.01) + 1]
+        assert near.max() > 0.1 * spec.max(), note  # both pitches sound
+    f = float(midi_to_hz(64))
+    assert spec[int(f * 0.995):int(f * 1.005) + 1].max() < 0.01 * spec.max()  # 64 moved
+
+
+def test_pressure_drives_loudness_and_brightness(grid):
+    from morphbox.device.engine.controls import Expression
+    levels, spectra = [], []
+    for pressure in (0.5, 1.0):
+        e = make_engine(grid, 0.2, 0.2)
+        e.controls.set_expression(Expression(pressure_loudness=1.0))
+        e.note_on(60, 64, pressure=pressure)
+        levels.append(np.sqrt(np.mean(mono(e, 0.6)[SR // 4:] ** 2)))
+    assert abs(20 * np.log10(levels[0] / levels[1]) + 6.02) < 0.3
+    for pressure in (0.0, 1.0):
+        e = make_engine(grid, 0.2, 0.2)
+        e.controls.set_expression(Expression(pressure_brightness=6.0))
+        e.note_on(60, 64)
+        mono(e, 0.1)
+        e.voice_control(0, pressure=pressure)
+        spectra.append(partials_db(mono(e, 1.0)[SR // 2:], 60, n=4))
+    tilt = spectra[0] - spectra[1]  # dB, relative to each note's strongest partial
+    tilt -= tilt[0]
+    # partial k is 6 log2(k) dB lower without pressure (2: -6 dB, 4: -12 dB); higher ones
+    # sink into the noise part at this spot
+    np.testing.assert_allclose(tilt[1:], 6 * -np.log2([2, 3, 4]), atol=1.0)
+
+
+def test_latch_keeps_voices_where_they_were_when_the_mode_changed(grid):
+    e = make_engine(grid, 0.2, 0.3)
+    e.note_on(60, 100)
+    mono(e, 0.3)
+    e.controls.set_morph_mode("latch")
+    e.controls.set_touch(0.9, 0.9)
+    mono(e, 0.3)
+    e.note_on(64, 100)  # starts at the (smoothed) touch, keeps it
+    mono(e, 0.5)
+    e.controls.set_touch(0.0, 0.0)
+    mono(e, 0.5)
+    pos = e.voice_positions()
+    np.testing.assert_allclose(pos[0], [0.2, 0.3], atol=1e-6)
+    np.testing.assert_allclose(pos[1], [0.9, 0.9], atol=1e-3)
+    e.controls.set_morph_mode("follow")  # back on the touch, gliding
+    mono(e, 0.6)
+    np.testing.assert_allclose(e.voice_positions(), [[0, 0], [0, 0]], atol=1e-6)
+
+
+def test_bad_expression_values_never_break_the_audio(grid):
+    e = make_engine(grid)
+    e.note_on(60, 100, bend=float("inf"), pressure=float("nan"), timbre=-5)
+    e.voice_control(0, bend=1e9, pressure=-1, timbre=float("inf"))
+    e.voice_control(99, bend=3.0)  # no such channel's voices: nothing happens
+    audio = mono(e, 0.5)
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.01

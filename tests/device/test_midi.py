@@ -1,4 +1,5 @@
-"""MidiRouter: notes, sustain, bend, CC map, channel filter, hooks; the dispatch wrapper."""
+"""MidiRouter: notes, sustain, bend, CC map, channel filter, hooks, MPE routing and config;
+the dispatch wrapper. (MPE on rendered audio: test_mpe.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import mido
 import numpy as np
 import pytest
 
-from morphbox.device.engine.controls import Controls, adsr_from_pots
+from morphbox.device.engine.controls import Controls, Expression, adsr_from_pots
 from morphbox.device.engine.voices import Engine, render_offline
 from morphbox.device.midi.inputs import MidiParser
 from morphbox.device.midi.router import (
@@ -16,6 +17,7 @@ from morphbox.device.midi.router import (
     MidiConfig,
     MidiConfigError,
     MidiRouter,
+    MpeZones,
     RouterConfig,
     dispatch,
 )
@@ -31,8 +33,13 @@ class FakeEngine:
         self.controls = Controls()
         self.calls: list[tuple] = []
 
-    def note_on(self, note, velocity, channel=0):
-        self.calls.append(("on", note, velocity, channel))
+    def note_on(self, note, velocity, channel=0, **expression):
+        self.calls.append(("on", note, velocity, channel, expression) if expression
+                          else ("on", note, velocity, channel))
+
+    def voice_control(self, channel, note=None, **values):
+        self.calls.append(("voice", channel, note,
+                           {k: v for k, v in values.items() if v is not None}))
 
     def note_off(self, note, channel=0):
         self.calls.append(("off", note, channel))
@@ -282,9 +289,9 @@ def test_program_change_hook_and_ignored_messages():
     r = MidiRouter(e, on_program_change=programs.append)
     for m in (mido.Message("program_change", program=5), mido.Message("clock"),
               mido.Message("active_sensing"), mido.Message("sysex", data=[1, 2, 3]),
-              mido.Message("start"), mido.Message("aftertouch", value=3)):
+              mido.Message("start"), mido.Message("songpos", pos=3)):
         r.handle(m)
-    assert programs == [5] and e.calls == []
+    assert programs == [5] and e.calls == [] and r.errors == 0 and r.ignored == 5
 
 
 def test_a_failing_hook_or_listener_never_stops_the_router():
@@ -338,3 +345,171 @@ def test_dispatch_wrapper_keeps_working_with_sustain_and_bend(grid):
     dispatch(engine, cc(16, 127))  # no CC map in the wrapper
     render_offline(engine, SR // 2)
     assert engine.active_voices == 0 and engine.controls.snapshot.x == 0.5
+
+
+# ---- per-voice expression and MPE ---------------------------------------------------------
+def pw(pitch, ch):
+    return mido.Message("pitchwheel", pitch=pitch, channel=ch)
+
+
+def test_mpe_member_channels_reach_their_voices():
+    """Default zone (lower, 15 members): a member channel's bend (+-48), pressure and CC 74
+    go to its voices and to its next note-on; the master channel's bend stays global (+-2)
+    and its pressure adds to the members'."""
+    e = FakeEngine()
+    r = MidiRouter(e)
+    r.handle(pw(4096, ch=1))            # member: +24 semitones
+    r.handle(mido.Message("aftertouch", value=127, channel=1))
+    r.handle(cc(74, 0, ch=1))
+    r.handle(on(60, ch=1))
+    assert e.calls == [("voice", 1, None, {"bend": 24.0}),
+                       ("voice", 1, None, {"pressure": 1.0}),
+                       ("voice", 1, None, {"timbre": 0.0}),
+                       ("on", 60, 100, 1, {"bend": 24.0, "pressure": 1.0, "timbre": 0.0})]
+    e.calls.clear()
+    r.handle(pw(-8192, ch=0))           # master: global bend, +-2
+    assert e.controls.snapshot.bend == -2.0 and e.calls == []
+    r.handle(mido.Message("aftertouch", value=0, channel=1))
+    r.handle(mido.Message("aftertouch", value=127 // 2, channel=0))  # master: the zone
+    calls = [c for c in e.calls if c[0] == "voice" and "pressure" in c[3]]
+    assert calls[0] == ("voice", 1, None, {"pressure": 0.0})
+    assert ("voice", 0, None, {"pressure": 63 / 127}) in calls
+    assert ("voice", 1, None, {"pressure": 63 / 127}) in calls  # member 0 + master 63
+    assert len(calls) == 1 + 16  # the master and its 15 members
+    e.calls.clear()
+    r.handle(mido.Message("polytouch", note=60, value=127, channel=1))
+    assert e.calls == [("voice", 1, 60, {"pressure": 1.0})]
+    assert r.received == 8 and r.errors == 0
+
+
+def test_plain_keyboard_on_the_master_channel_is_unchanged():
+    """A one-channel keyboard on MIDI channel 1 (the default zone's master): notes, bend
+    +-2, pedal exactly as without MPE; its channel pressure goes to its own notes."""
+    e = FakeEngine()
+    r = MidiRouter(e)
+    r.handle(on(60))
+    r.handle(pw(8191, ch=0))
+    assert e.controls.snapshot.bend == pytest.approx(2.0, abs=1e-3)
+    r.handle(mido.Message("aftertouch", value=127))
+    r.handle(off(60))
+    assert e.calls[0] == ("on", 60, 100, 0) and e.calls[-1] == ("off", 60, 0)
+    assert ("voice", 0, None, {"pressure": 1.0}) in e.calls
+
+
+def test_the_master_pedal_holds_member_notes():
+    e = FakeEngine()
+    r = MidiRouter(e)
+    r.handle(on(60, ch=1))
+    r.handle(on(64, ch=2))
+    r.handle(cc(64, 127, ch=0))  # master pedal: the whole zone
+    r.handle(off(60, ch=1))
+    r.handle(off(64, ch=2))
+    assert [c for c in e.calls if c[0] == "off"] == []
+    assert r.sustained_notes == {(1, 60), (2, 64)}
+    r.handle(cc(64, 0, ch=0))
+    assert sorted(c for c in e.calls if c[0] == "off") == [("off", 60, 1), ("off", 64, 2)]
+
+
+def test_rpn0_on_a_member_sets_the_zone_member_range_and_mcm_resets_it():
+    e = FakeEngine()
+    r = MidiRouter(e)
+    for m in (cc(101, 0, 3), cc(100, 0, 3), cc(6, 12, 3)):
+        r.handle(m)
+    r.handle(pw(8192 // 2, ch=5))  # another member of the zone: +-12 now
+    assert e.calls[-1] == ("voice", 5, None, {"bend": 6.0})
+    assert r.bend_range == 2.0  # the master's range is its own
+    for m in (cc(101, 0, 0), cc(100, 6, 0), cc(6, 15, 0)):  # MCM: back to +-48 / +-2
+        r.handle(m)
+    r.handle(pw(8192 // 2, ch=5))
+    assert e.calls[-1] == ("voice", 5, None, {"bend": 24.0})
+
+
+def test_mcm_zones_and_roles():
+    r = MidiRouter(FakeEngine(), RouterConfig(mpe=MpeZones.off()))
+    assert {r.channel_role(c) for c in range(16)} == {"none"}
+    for m in (cc(101, 0, 15), cc(100, 6, 15), cc(6, 4, 15)):  # upper zone, 4 members
+        r.handle(m)
+    assert r.zones == MpeZones(lower=0, upper=4)
+    assert [r.channel_role(c) for c in (15, 14, 11, 10, 0)] == [
+        "upper master", "upper member", "upper member", "none", "none"]
+    for m in (cc(101, 0, 0), cc(100, 6, 0), cc(6, 15, 0)):  # lower 15: the upper is gone
+        r.handle(m)
+    assert r.zones == MpeZones(lower=15, upper=0)
+    # a channel filter means no MPE: every channel is plain
+    r = MidiRouter(FakeEngine(), RouterConfig(channel=0))
+    for m in (cc(101, 0, 0), cc(100, 6, 0), cc(6, 7, 0)):
+        r.handle(m)
+    assert r.zones == MpeZones.off() and r.channel_role(1) == "none"
+
+
+def test_state_messages_bring_a_fresh_router_to_the_same_state():
+    """What the recorder writes first: a router fed these messages has the same zones,
+    ranges, channel expression, global bend, pedals and morph mode."""
+    e = FakeEngine()
+    r = MidiRouter(e)
+    for m in (cc(101, 0, 15), cc(100, 6, 15), cc(6, 3, 15),   # upper zone of 3
+              cc(101, 0, 0), cc(100, 6, 0), cc(6, 5, 0),      # lower zone of 5
+              cc(101, 0, 2), cc(100, 0, 2), cc(6, 24, 2), cc(38, 50, 2),  # lower members 24.5
+              cc(101, 0, 0), cc(100, 0, 0), cc(6, 7, 0),      # master range 7
+              pw(-4096, ch=2), mido.Message("aftertouch", value=90, channel=3),
+              cc(74, 20, ch=4), cc(64, 127, ch=0), pw(2048, ch=0), cc(86, 127, ch=0)):
+        r.handle(m)
+    e2 = FakeEngine()
+    r2 = MidiRouter(e2, RouterConfig(mpe=MpeZones.off()))
+    for m in r.state_messages():
+        r2.handle(m)
+    assert r2.zones == r.zones == MpeZones(lower=5, upper=3)
+    assert r2._member_range == r._member_range == [24.5, 48.0]
+    assert r2.bend_range == r.bend_range == 7.0
+    assert r2._bend == r._bend and r2._pressure == r._pressure
+    assert r2._timbre == r._timbre and r2._pedal == r._pedal
+    assert e2.controls.snapshot.bend == pytest.approx(e.controls.snapshot.bend, abs=1e-3)
+    assert e2.controls.snapshot.morph_mode == e.controls.snapshot.morph_mode == "mpe"
+
+
+def test_morph_mode_cc_and_router_settings():
+    e = FakeEngine()
+    r = MidiRouter(e, RouterConfig(morph_mode="latch", expression=Expression(timbre_x=1.0)))
+    s = e.controls.snapshot
+    assert s.morph_mode == "latch" and s.expression.timbre_x == 1.0
+    for value, mode in ((0, "follow"), (42, "follow"), (43, "latch"), (85, "latch"),
+                        (86, "mpe"), (127, "mpe")):
+        r.handle(cc(86, value))
+        assert e.controls.snapshot.morph_mode == mode, value
+
+
+def test_mpe_and_expression_config_from_dict_and_toml(tmp_path):
+    cfg = MidiConfig.from_dict({})
+    assert cfg.router.mpe == MpeZones(lower=15, upper=0, member_bend_range=48.0)
+    assert cfg.router.morph_mode is None and cfg.router.expression is None
+    assert MidiConfig.from_dict({"mpe": False}).router.mpe == MpeZones.off()
+    toml = tmp_path / "midi.toml"
+    toml.write_text('[midi]\nmorph_mode = "mpe"\n[midi.mpe]\nlower = 7\nupper = 7\n'
+                    'bend_range = 24\n[midi.expression]\npressure_loudness = 0.5\n')
+    cfg = MidiConfig.load(toml).router
+    assert cfg.mpe == MpeZones(lower=7, upper=7, member_bend_range=24.0)
+    assert cfg.morph_mode == "mpe" and cfg.expression.pressure_loudness == 0.5
+    for bad, match in (({"mpe": {"lower": 10, "upper": 10}}, "overlap"),
+                       ({"mpe": {"lower": 16}}, "0..15"),
+                       ({"mpe": {"zones": 2}}, "unknown mpe setting"),
+                       ({"mpe": {"bend_range": 200}}, "0..96"),
+                       ({"mpe": "yes"}, "mpe must be"),
+                       ({"morph_mode": "wobble"}, "morph_mode"),
+                       ({"expression": {"pressure_loudness": 2}}, "pressure_loudness"),
+                       ({"expression": {"brightness": 1}}, "unknown expression")):
+        with pytest.raises(MidiConfigError, match=match):
+            MidiConfig.from_dict(bad)
+
+
+def test_expression_messages_are_recorded_by_listeners():
+    """Pitch bend, channel and poly pressure, CC 74 and the MCM are accepted (so the recorder,
+    a listener, keeps them)."""
+    seen = []
+    r = MidiRouter(FakeEngine())
+    r.listeners.append(seen.append)
+    msgs = [pw(100, ch=3), mido.Message("aftertouch", value=5, channel=3),
+            mido.Message("polytouch", note=60, value=5, channel=3), cc(74, 9, ch=3),
+            cc(101, 0, 0), cc(100, 6, 0), cc(6, 15, 0)]
+    for m in msgs:
+        r.handle(m)
+    assert seen == msgs and r.ignored == 0

@@ -284,7 +284,7 @@ def test_a_recorded_mpe_performance_replays_to_the_same_audio(grid, tmp_path):
     router.listeners.append(rec.on_midi)
     rec.start_recording("mpe")  # at time 0, the start of block 0
     clock.offset = 0.5  # messages arrive between block boundaries, as live ones do
-    original = play(engine, events, duration_s=1.6, on_block=lambda _t: rec.step())
+    original = play(engine, events, duration_s=1.6, on_block=lambda _t: rec.step(), mpe="on")
     done = rec.stop_recording()
     recorded = midi_events(done.midi)
     kinds = {m.type for _, m in recorded}
@@ -324,3 +324,56 @@ def test_a_voice_position_jump_makes_no_click(grid, how):
     assert jump < 1.5 * steady, f"step {jump:.5f} vs steady {steady:.5f}"
     # and it did move: the spectrum changed
     assert distance(partial_levels(before, 57), partial_levels(after[-SR:], 57)) > 2
+
+
+def test_morphbox_render_plays_an_mpe_file(tmp_path):
+    """An MPE file (MCM, per-note bends on member channels) rendered by ``morphbox render``:
+    each note sounds at its own bent pitch."""
+    import soundfile as sf
+
+    from morphbox.host_tools.cli import main
+    track = mido.MidiTrack()
+    for m in (cc(101, 0, 0), cc(100, 6, 0), cc(6, 4, 0),  # MCM: lower zone, 4 members
+              bend(+1.0, ch=1), bend(-2.0, ch=2), on(57, ch=1), on(64, ch=2)):
+        track.append(m.copy(time=0))
+    track.append(mido.Message("note_off", note=57, channel=1, time=960))  # 1 s at 120 bpm
+    track.append(mido.Message("note_off", note=64, channel=2, time=0))
+    mid = tmp_path / "mpe.mid"
+    mido.MidiFile(tracks=[track], ticks_per_beat=480).save(mid)
+    out = tmp_path / "mpe.wav"
+    assert main(["render", str(mid), "-o", str(out), "--path", "circle",
+                 "--morph-mode", "mpe"]) == 0
+    audio, sr = sf.read(out)
+    assert sr == SR
+    seg = audio[int(0.3 * SR):int(0.95 * SR), 0]
+    for expected in (58.0, 62.0):
+        got = cents_off(peak_hz(seg, float(midi_to_hz(expected))), expected)
+        assert abs(got) < 5, f"MIDI {expected}: {got:+.1f} cents"
+
+
+def test_the_docs_mpe_example_moves_each_voice_its_own_way(tmp_path):
+    """docs/mpe.png's phrase: the sliding voice ends north, the pressing one east, the third
+    stays at the touch; the picture is written."""
+    from morphbox.host_tools.demo import render_mpe_example
+    from morphbox.host_tools.plots import plot_voices
+    r = render_mpe_example()
+    end = r["positions"][-1]
+    np.testing.assert_allclose(end, [[0.5, 0.0], [1.0, 0.5], [0.5, 0.5]], atol=1e-6)
+    assert np.isfinite(r["audio"]).all() and np.abs(r["audio"]).max() > 0.05
+    out = plot_voices(r["audio"], r["sample_rate"], r["times"], r["positions"], r["notes"],
+                      tmp_path / "mpe.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plain_multichannel_file_plays_as_before_unless_mpe_is_asked_for(grid):
+    """A General MIDI file bending a note on channel 2 (no MPE Configuration Message): in the
+    default ``auto`` the bend is the plain +-2 range, exactly as before MPE; ``on`` reads
+    channel 2 as an MPE member channel (+-48)."""
+    events = [(0.0, bend(1.0, ch=1, bend_range=2.0)),  # full-scale/2: +1 semitone at +-2
+              (0.0, on(57, ch=1))]
+    expected = {"auto": 58.0, "off": 58.0, "on": 57.0 + 48.0 / 2.0}
+    for mpe, want in expected.items():
+        engine = make_engine(grid)
+        audio = play(engine, events, duration_s=0.8, mpe=mpe)[int(0.3 * SR):, 0]
+        got = cents_off(peak_hz(audio, float(midi_to_hz(want))), want)
+        assert abs(got) < 5, f"mpe={mpe}: MIDI {want}: {got:+.1f} cents"

@@ -173,8 +173,8 @@ def test_startup_falls_back_to_previous_then_builtin(setup):
     assert (pid, pack.name) == (a, "p120")
     ptr = store.pointer()
     assert ptr["active"] == a and "grid_noise.npy is corrupt" in ptr["recovered_from"][0]
-    (store.root / "active.json").write_text("{not json")
-    assert store.startup()[0] == BUILTIN
+    (store.root / "active.json").write_text("{not json")  # its backup copy still knows
+    assert store.startup()[0] == a
     (store.root / "active.json").write_text(json.dumps({"active": "gone-0123456789ab"}))
     pid, pack = store.startup()
     assert pid == BUILTIN and pack.name == "default"
@@ -270,3 +270,135 @@ def test_startup_with_no_loadable_pack_at_all_says_so(tmp_path):
     store = PackStore(tmp_path / "s", builtin=tmp_path / "missing")
     with pytest.raises(PackError, match="no loadable pack, not even the built-in one"):
         store.startup()
+
+
+# ---- issue 13: a start-up that always finds a pack, quotas, a full disk ------------------
+
+
+@pytest.mark.parametrize("garbage", [b"\x8f\x00\xffrandom", b"", b"[]", b"{}", b"null",
+                                     b'{"active": "../../etc"}', b'{"active": "x\\n"}',
+                                     b'{"active": NaN}', "dir"])
+def test_a_garbage_pointer_boots_the_last_good_choice_and_says_so(setup, garbage, caplog):
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    store.activate(b)
+    ptr = store.root / "active.json"
+    ptr.unlink()
+    if garbage == "dir":
+        ptr.mkdir()
+    else:
+        ptr.write_bytes(garbage)
+    caplog.set_level("ERROR")
+    pid, pack = store.startup()
+    assert (pid, pack.name) == (b, "p200")  # from the backup copy: what was playing
+    assert "active.json is unreadable" in caplog.text
+    assert store.pointer()["active"] == b and ptr.is_file()  # rewritten, garbage moved aside
+    assert "active.json" in store.pointer()["recovered_from"][0]
+    # both copies garbage: the built-in pack, logged
+    (store.root / "active.json").write_bytes(b"\x00")
+    (store.root / "active.json.bak").write_bytes(b"[]")
+    assert store.startup()[0] == BUILTIN
+
+
+def test_a_state_dir_with_packs_as_a_file_still_starts(tmp_path, caplog):
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / "packs").write_text("not a directory")
+    (root / "recordings").symlink_to(tmp_path / "nowhere")
+    caplog.set_level("ERROR")
+    store = PackStore(root)
+    assert store.packs_dir.is_dir() and "was not a directory: moved it aside" in caplog.text
+    assert store.startup()[0] == BUILTIN
+    assert [p["id"] for p in store.list_packs()] == [BUILTIN]
+
+
+def test_any_exception_while_proving_a_pack_falls_back(setup):
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    store.activate(b)
+
+    def check(pack):
+        if pack.name == "p200":
+            raise OverflowError("int too large to convert to float")
+        if pack.name == "p120":
+            raise RecursionError("maximum recursion depth exceeded")
+
+    pid, _ = store.startup(check=check)
+    assert pid == BUILTIN
+    rec = store.pointer()["recovered_from"]
+    assert "OverflowError" not in rec[0] and "int too large" in rec[0] and "recursion" in rec[1]
+
+
+def test_a_planted_pack_with_a_nan_sample_rate_is_skipped_at_start(setup):
+    """A pack that got onto the disk by another way than install (an older version, a hand
+    copy) and breaks the schema never boots."""
+    store, _, arcs = setup
+    a, b = store.install_file(arcs[120]), store.install_file(arcs[200])
+    store.activate(a)
+    store.activate(b)
+    m = store.pack_path(b) / "manifest.json"
+    text = m.read_text()
+    assert '"source_sample_rate": 48000' in text
+    m.write_text(text.replace('"source_sample_rate": 48000', '"source_sample_rate": NaN'))
+    pid, pack = store.startup()
+    assert pid == a and "NaN is not a number JSON allows" in store.last_recovery[0]
+
+
+def test_install_refuses_a_signed_pack_whose_manifest_breaks_the_schema(setup, tmp_path):
+    from tests.device.hostile import hostile_manifests, signed_archive
+    store, key, _ = setup
+    pack = small_pack(tmp_path / "base", "base")
+    base = json.loads((pack / "manifest.json").read_text())
+    for name, text in hostile_manifests(base).items():
+        arc = signed_archive(tmp_path / "h.mbpack", key, pack, text, name="base")
+        with pytest.raises(StoreError) as e:
+            store.install_file(arc)
+        assert e.value.status == 422 and e.value.code == "schema", name
+    assert _installed(store) == []
+
+
+def test_recordings_past_the_cap_are_pruned_oldest_first(tmp_path):
+    from morphbox.device.packs.store import prune_recordings
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for i in range(5):
+        for ext in ("wav", "mid"):
+            p = rec / f"2025010{i}-120000.{ext}"
+            p.write_bytes(b"x" * (1000 if ext == "wav" else 10))
+            os.utime(p, (1000 + i, 1000 + i))
+    (rec / "notes.txt").write_text("not a recording")
+    gone = prune_recordings(rec, cap_bytes=2100, keep=1)
+    assert sorted(gone) == [f"2025010{i}-120000.{e}" for i in range(3) for e in ("mid", "wav")]
+    assert sorted(p.name for p in rec.iterdir()) == [
+        "20250103-120000.mid", "20250103-120000.wav", "20250104-120000.mid",
+        "20250104-120000.wav", "notes.txt"]
+    assert sorted(prune_recordings(rec, cap_bytes=0, keep=1)) == ["20250103-120000.mid",
+                                                                  "20250103-120000.wav"]
+
+
+def _install_with_file_size_limit(root: str, archive: str, limit: int, out) -> None:
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        PackStore(root).install_file(archive)
+        out.put(("installed", 0, ""))
+    except StoreError as exc:
+        out.put((exc.code, exc.status, str(exc)))
+
+
+def test_a_write_that_fails_for_lack_of_space_is_507_and_leaves_nothing(setup):
+    """A real failing write (a file size limit makes write(2) fail with EFBIG, as a full disk
+    fails with ENOSPC) during an install: 507, no leftovers, nothing installed."""
+    store, _, arcs = setup
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_install_with_file_size_limit,
+                       args=(str(store.root), str(arcs[120]), 20_000, q))
+    proc.start()
+    code, status, msg = q.get(timeout=60)
+    proc.join(10)
+    assert (code, status) == ("no_space", 507) and "storage is full" in msg
+    assert _installed(store) == []

@@ -59,3 +59,16 @@ def _writable(d) -> bool:
         return False
     (d / "probe").unlink()
     return True
+
+
+def test_morph_mode_round_trips_and_old_patch_files_still_load(tmp_path):
+    store = PatchStore(tmp_path)
+    latch = Patch(**{**P.to_dict(), "morph_mode": "latch"})
+    store.save(3, latch)
+    assert json.loads((tmp_path / "patch-3.json").read_text())["morph_mode"] == "latch"
+    assert store.load(3) == latch
+    old = {k: v for k, v in P.to_dict().items() if k not in ("morph_mode", "x", "y")}
+    (tmp_path / "patch-4.json").write_text(json.dumps(old))  # written before the field
+    assert store.load(4).morph_mode == "follow" and store.load(4).x == 0.5
+    with pytest.raises(PatchError, match="'morph_mode'"):
+        Patch.from_dict({**P.to_dict(), "morph_mode": "drift"})

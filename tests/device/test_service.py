@@ -69,6 +69,7 @@ def test_program_change_recalls_a_saved_patch_through_the_router(tmp_path):
     c.set_adsr(attack_s=1.5, release_s=2.5)
     c.set_volume(0.33)
     c.set_touch(0.2, 0.9)
+    c.set_morph_mode("latch")
     service.select_corners({"NE": 7})
     assert service.corners.wait(60) and service.corners.corners["NE"] == 7
     service.save_patch(2)
@@ -76,6 +77,8 @@ def test_program_change_recalls_a_saved_patch_through_the_router(tmp_path):
     c.set_adsr(attack_s=0.01, release_s=0.1)
     c.set_volume(0.9)
     c.set_touch(0.7, 0.1)
+    setup.router.handle(mido.Message("control_change", control=86, value=127))  # mpe
+    assert c.snapshot.morph_mode == "mpe"
     service.select_corners({"NE": 3})
     assert service.corners.wait(60) and service.corners.corners["NE"] == 3
     service.start()
@@ -85,6 +88,7 @@ def test_program_change_recalls_a_saved_patch_through_the_router(tmp_path):
         assert service.corners.wait(60)
         s = c.snapshot
         assert (s.attack_s, s.release_s, s.volume, s.x, s.y) == (1.5, 2.5, 0.33, 0.2, 0.9)
+        assert s.morph_mode == "latch"
         assert service.corners.corners["NE"] == 7
         setup.router.put(mido.Message("program_change", program=3))  # slot 4: empty
         setup.router.put(mido.Message("program_change", program=90))  # no such patch

@@ -26,7 +26,7 @@ def test_console_script_help_names_every_command():
 def test_pack_info_lists_instruments_and_corners(capsys, tmp_path):
     assert main(["pack", "info", "--picture", str(tmp_path / "grid.png")]) == 0
     out = capsys.readouterr().out
-    assert "neural pack v2" in out and "grid 9x9" in out
+    assert "neural pack v3" in out and "grid 9x9" in out
     assert "model default_int8 (int8, z 16), corners anchored to the instruments" in out
     assert "Cello   <- corner NW" in out and "Church Organ   <- corner SE" in out
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

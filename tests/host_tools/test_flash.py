@@ -86,7 +86,7 @@ def test_clear_errors(cfg, device, tmp_path):
     key = fl.load_key()
     v2 = raw_archive(tmp_path, key, pack, header_edit=lambda h: h.update(pack_format_version=99))
     with pytest.raises(fl.FlashError, match="incompatible version: hostile.mbpack is pack "
-                                            "format 99.*reads pack format 1, 2"):
+                                            "format 99.*reads pack format 3"):
         fl.flash(v2, device["addr"], show_progress=False)
     with pytest.raises(fl.FlashError, match="bad device address"):
         fl.parse_device("http://:80")

@@ -145,13 +145,28 @@ async function act(method, path, okText) {
   refresh();
 }
 
-function upload(file) {
+// The box closes the connection on a refused upload instead of reading the whole file, so
+// the token is checked first with a request that has no body: its refusal can be read.
+async function upload(file) {
   const bar = $("progress");
+  const token = tokenInput.value.trim();
+  try {
+    const check = await fetch("/api/auth", { headers: { "X-Morphbox-Token": token } });
+    if (check.status !== 204) {
+      let data = {};
+      try { data = await check.json(); } catch (e) { /* not JSON */ }
+      say(data.error || `HTTP ${check.status}`, false);
+      return;
+    }
+  } catch (e) {
+    say("device unreachable", false);
+    return;
+  }
   bar.hidden = false;
   bar.value = 0;
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/api/packs?activate=1");
-  xhr.setRequestHeader("X-Morphbox-Token", tokenInput.value.trim());
+  xhr.setRequestHeader("X-Morphbox-Token", token);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
   xhr.onload = () => {
     bar.hidden = true;
@@ -161,7 +176,11 @@ function upload(file) {
     else say(data.error || `HTTP ${xhr.status}`, false);
     refresh();
   };
-  xhr.onerror = () => { bar.hidden = true; say("device unreachable", false); };
+  xhr.onerror = () => {
+    bar.hidden = true;
+    say("the upload was cut off: the device refused it (too large, busy or stalled) or is " +
+        "unreachable", false);
+  };
   xhr.send(file);
 }
 
