@@ -214,6 +214,41 @@ def test_position_skips_the_attack_and_the_limiter_rides_a_loud_chord(grid):
     assert np.abs(ref).max() > 0.85  # the soft clipper worked
 
 
+def test_floor_levels_are_silence_and_non_finite_blocks_are_dropped_alike(grid):
+    """Partials and noise bands at the floor (pack code 0, -120 dB) or below are silent in
+    both engines (a voice gain of 100 makes them 1e-4 each if they were not: far above TOL);
+    a grid that renders NaN is dropped block by block, counted, the voices and the noise tail
+    cleared, and a good grid plays again, alike."""
+    import dataclasses
+
+    from morphbox.kernels.features import DB_FLOOR
+    fd = np.full_like(grid.frames_db, DB_FLOOR)
+    fd[..., 0] = -60.0  # the fundamental: 0.1 at a voice gain of 100
+    fd[..., 20:60] = DB_FLOOR - 5.0
+    fd[..., 64 + 24 + 10:64 + 24 + 20] = DB_FLOOR - 5.0
+    zero = {"decay_db": np.zeros_like(grid.decay_db),
+            "velocity_db": np.zeros_like(grid.velocity_db)}
+    quiet = dataclasses.replace(grid, frames_db=fd, **zero)
+    bad = fd.copy()
+    bad[:, :, 1] = np.nan  # the second anchor's points
+    broken = dataclasses.replace(grid, frames_db=bad, **zero)
+    p = Pair(quiet, voice_gain=100.0)
+    for n in (30, 48, 70, 90):
+        p.note_on(n, 80)
+    p.render(0.2)
+    p.set_grid(broken)
+    p.note_on(50, 80)  # nearest the NaN anchor (48)
+    p.render(0.05)
+    counts = [e.nonfinite_blocks for e in p.engines]
+    assert counts[0] >= 1 and counts == [counts[0]] * 2
+    assert [e.active_voices for e in p.engines] == [0, 0]
+    p.set_grid(quiet)
+    p.note_on(60, 80)
+    p.render(0.2)
+    p.check(min_rms=1e-3)
+    assert [e.nonfinite_blocks for e in p.engines] == counts
+
+
 def test_the_shipped_pack_plays_alike_in_both_engines():
     """The default pack (real instruments): a phrase across the range with velocities, a bend,
     touch moves, note-offs, then MPE voices each on its own position."""
