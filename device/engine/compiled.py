@@ -147,7 +147,12 @@ def kernel_status() -> dict:
 
 def engine_status(engine) -> dict:
     """``{"render": "compiled" | "numpy", ...}``: which render ``engine`` uses and, compiled,
-    :func:`kernel_status` (for the service's status and log)."""
+    :func:`kernel_status` (for the service's status and log). An engine that renders in
+    another process (a proxy) answers for itself: its ``render_status()`` is returned (the
+    other process's ``engine_status`` of its engine)."""
+    own = getattr(engine, "render_status", None)
+    if callable(own):
+        return dict(own())
     kind = getattr(engine, "kernel", None)
     return {"render": kind, **(kernel_status() if kind == "compiled" else {})}
 
