@@ -412,3 +412,19 @@ def test_the_install_step_compiles_into_the_cache_and_prints_the_status(tmp_path
     assert status["cached"] is True and status["load_s"] > 0
     assert status["cache_dir"] == os.environ["NUMBA_CACHE_DIR"]
     assert "engine: compiled render kernel loaded from the cache" in res.stderr
+
+
+def test_engine_status_of_an_engine_rendering_elsewhere_is_its_own_answer(grid):
+    """The service reports ``engine_status(service.engine)``; an engine that renders in an
+    audio process of its own answers with what that process published."""
+    from morphbox.device.engine.compiled import engine_status
+
+    class Elsewhere:
+        kernel = None
+
+        def render_status(self):
+            return {"render": "compiled", "load_s": 1.5, "cached": True, "warm_s": 0.004}
+
+    assert engine_status(Elsewhere())["load_s"] == 1.5
+    assert engine_status(Engine(grid, EngineConfig(kernel="numpy"))) == {"render": "numpy"}
+    assert engine_status(Engine(grid))["render"] == "compiled"
