@@ -482,7 +482,12 @@ def _floor_weight(w):
 @njit(cache=True, nogil=True)
 def _mix(row, nch, flat, flat_vel, flat_decay, hold, g, n_anchors, n_frames, n_layers,
          loop_end, x, y, anchor, i0, fr, layer, layer_fr, past_a, past_b):
-    """One voice's frame in dB, ``row[:nch]``: the engine's ``_mix_voices`` for one voice."""
+    """One voice's frame in dB, ``row[:nch]``: the engine's ``_mix_voices`` for one voice.
+    Every index is kept inside the grid whatever the numbers (NaN included): a bad value can
+    make the block non-finite (dropped by the caller), never read outside the arrays."""
+    x = x if x >= 0.0 else 0.0  # NaN -> 0
+    y = y if y >= 0.0 else 0.0
+    layer = min(max(layer, 0), max(n_layers - 2, 0))
     fx = min(max(x, 0.0), 1.0) * (g - 1)
     fy = min(max(y, 0.0), 1.0) * (g - 1)
     ix0 = min(int(fx), g - 2)
@@ -850,6 +855,10 @@ def _voices(a, lay, prm, flat, flat_vel, flat_decay, hold, times, n_live, cap, b
             past_b = 0.0
         tv[s] = t
         fpos = _interp_index(tt, times, n_frames)
+        if not fpos >= 0.0:  # NaN (a grid whose frame times are not numbers): frame 0
+            fpos = 0.0
+        elif fpos > n_frames - 1:
+            fpos = float(n_frames - 1)
         i0 = min(np.int64(fpos), n_frames - 2)
         fr = fpos - i0
         if shared:

@@ -328,8 +328,22 @@ class CompiledRender:
         ar.view(k.F_CARRY)[:len(noise._carry)] = noise._carry
 
     def _adopt(self, grid) -> None:
-        """Kernel arguments and grid dimensions for ``grid`` (the engine adopted it)."""
+        """Kernel arguments and grid dimensions for ``grid`` (the engine adopted it). Raises
+        ``ValueError`` for a grid whose frame times, loop or velocity layers are not finite
+        and increasing (the numpy render fails on such a grid too; the kernel must not index
+        by them)."""
         k, p, e = self._k, self._params, self.engine
+        t = np.asarray(grid.frame_times, np.float64)
+        layers = np.asarray(grid.velocity_layers, np.float64)
+        t0, t1 = e._loop_s
+        if (grid.n_frames < 2 or grid.size < 2 or len(t) != grid.n_frames
+                or not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0)
+                or not (np.isfinite(t0) and np.isfinite(t1) and t1 > t0)
+                or not 0 <= grid.loop_start < grid.loop_end < grid.n_frames
+                or not len(layers) or not np.all(np.isfinite(layers))
+                or not np.all(np.diff(layers) > 0)):
+            raise ValueError(f"grid {grid.name!r}: frame times, loop or velocity layers are not "
+                             "finite and increasing; the compiled engine cannot play it")
         c = grid.frames_db.shape[-1]
         self._args = (np.ascontiguousarray(e._flat, np.float32).reshape(-1, c),
                       np.ascontiguousarray(e._flat_vel, np.float32).reshape(-1, c),

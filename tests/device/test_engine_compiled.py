@@ -428,3 +428,22 @@ def test_engine_status_of_an_engine_rendering_elsewhere_is_its_own_answer(grid):
     assert engine_status(Elsewhere())["load_s"] == 1.5
     assert engine_status(Engine(grid, EngineConfig(kernel="numpy"))) == {"render": "numpy"}
     assert engine_status(Engine(grid))["render"] == "compiled"
+
+
+@pytest.mark.parametrize("field", ["frame_times", "velocity_layers"])
+def test_a_grid_the_kernel_cannot_index_is_refused_at_render_not_read_out_of_bounds(grid, field):
+    """Frame times or velocity layers that are not finite and increasing: the compiled render
+    raises (as the numpy one fails on them) instead of indexing by them; the engine stays
+    usable with a good grid."""
+    import dataclasses
+    bad = dataclasses.replace(grid, **{field: np.full_like(getattr(grid, field), np.nan)})
+    e = Engine(grid, EngineConfig(kernel="compiled"))
+    e.note_on(60, 100)
+    e.render_block()
+    e.set_grid(bad)
+    with pytest.raises(ValueError, match="not finite and increasing"), \
+            np.errstate(invalid="ignore"):  # the engine's own layer lookup casts NaN first
+        e.render_block()
+    e.set_grid(grid)
+    e.note_on(64, 100)
+    assert np.abs(np.concatenate([e.render_block().copy() for _ in range(20)])).max() > 1e-3
