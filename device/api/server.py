@@ -59,7 +59,8 @@ Hardening (issue 13):
   to the system, and trims after each upload, so memory goes back to its idle level.
 * **Page headers**: every answer carries ``X-Frame-Options: DENY``, a
   ``Content-Security-Policy`` (only the box's own scripts and styles, no framing) and
-  ``X-Content-Type-Options: nosniff``.
+  ``X-Content-Type-Options: nosniff``; every ``/api/`` answer ``Cache-Control: no-store``
+  (they depend on the token, so a browser never replays one from its cache).
 
 The audio thread is never involved: activations and deletions run on one worker thread (so
 they are serialised), and activation ends in
@@ -365,6 +366,10 @@ class ApiServer:
     async def _headers(request, response) -> None:
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
+        if request.path.startswith("/api/"):
+            # answers depend on the token: a browser must never replay one from its cache
+            # (a recording fetched with the token, then asked for without it, is a 401)
+            response.headers["Cache-Control"] = "no-store"
 
     def _check_host(self, request: web.Request) -> None:
         header = request.headers.get("Host")

@@ -334,6 +334,9 @@ def test_answers_carry_page_security_headers_and_check_the_host(hostile_box):
         assert r.headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
+        # token-dependent answers are never cached by the browser
+        if path.startswith("/api/"):
+            assert r.headers.get("cache-control") == "no-store", path
     assert raw_http(t.port, "GET", "/nope").status == 404
     for host in (b"127.0.0.1", b"localhost:8750", b"[::1]:8750", b"LOCALHOST."):
         assert raw_http(t.port, "GET", "/api/status", host=host).status == 200, host
