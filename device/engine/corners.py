@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -61,37 +63,68 @@ def decode_grid(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors, size: 
     (:func:`morphbox.kernels.grid.corner_weights`; loudness in dB, as spectral mode mixes levels);
     f0 is the anchor's pitch. The notes go through ``decoder``
     (:meth:`morphbox.device.packs.neural.NeuralDecoder.decode_frames`) one anchor at a time
-    (all grid points in one call).
+    (all grid points in one call). Raises ``ValueError`` on bad shapes, ``ModelError`` if the
+    decoder fails.
     """
+    out = None
+    for a, frames_db in enumerate(iter_decoded(decoder, z, loudness_db, anchors, size,
+                                               prefetch=False)):
+        if out is None:
+            out = np.empty((size, size, len(anchors)) + frames_db.shape[2:], np.float32)
+        out[:, :, a] = frames_db
+    return out
+
+
+def iter_decoded(decoder, z: np.ndarray, loudness_db: np.ndarray, anchors, size: int, *,
+                 prefetch: bool = True) -> Iterator[np.ndarray]:
+    """:func:`decode_grid` one anchor at a time: yields ``(G, G, F, C)`` float32 dB per pitch
+    anchor, in order. With ``prefetch`` the next anchor is decoded on a worker thread while the
+    caller works on this one (the TFLite runtime releases the GIL while it runs, so a rebuild's
+    decoding and its numpy post-processing overlap on two cores). Same arguments and errors as
+    :func:`decode_grid`."""
     z = np.asarray(z, np.float32)
     loudness_db = np.asarray(loudness_db, np.float32)
     if z.ndim != 4 or z.shape[0] != 4 or loudness_db.shape != z.shape[:3]:
         raise ValueError(f"expected z (4, A, F, Z) and loudness (4, A, F); got {z.shape}, "
                          f"{loudness_db.shape}")
-    _, n_anchors, frames, z_dims = z.shape
+    _, _, frames, z_dims = z.shape
     w = bilinear_weights(size)
-    out = None
-    for a, pitch in enumerate(anchors):
+
+    def decode(a: int) -> np.ndarray:
         zg = (w @ z[:, a].reshape(4, -1)).reshape(-1, frames, z_dims)  # (G*G, F, Z)
         loud = (w @ loudness_db[:, a].reshape(4, -1)).reshape(-1, frames)
-        f0 = np.full(loud.shape, float(midi_to_hz(pitch)))
-        frames_db = decoder.decode_frames(zg, f0, loud)
-        if out is None:
-            out = np.empty((size, size, n_anchors, frames, frames_db.shape[-1]), np.float32)
-        out[:, :, a] = frames_db.reshape(size, size, frames, -1)
-    return out
+        f0 = np.full(loud.shape, float(midi_to_hz(anchors[a])))
+        return decoder.decode_frames(zg, f0, loud).reshape(size, size, frames, -1)
+
+    n = len(anchors)
+    if not prefetch or n < 2:
+        for a in range(n):
+            yield decode(a)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="grid-decode") as pool:
+        pending = pool.submit(decode, 0)
+        try:
+            for a in range(n):
+                frames_db = pending.result()
+                if a + 1 < n:
+                    pending = pool.submit(decode, a + 1)
+                yield frames_db
+        finally:
+            pending.cancel()
 
 
 def grid_codes(manifest: dict, corners: dict[str, np.ndarray],
-               decoded: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               decoded: np.ndarray | Iterable[np.ndarray] | None = None
+               ) -> dict[str, np.ndarray]:
     """The ``grid_*`` members of a pack for four corner instruments.
 
     ``manifest``: the pack's (dimensions, anchors, frame times, loop, ``neural_grid``);
     ``corners``: the corners' ``instruments_*`` members (``harmonics``, ``envelope``,
     ``noise`` codes, ``decay``, ``velocity``, ``hold``), each ``(4, ...)`` in ``CORNERS``
     order;
-    ``decoded``: the neural grid in dB (:func:`decode_grid`), or None for a spectral grid (the
-    corners mixed bilinearly in dB). A neural grid with ``neural_grid.anchor_corners`` gets
+    ``decoded``: the neural grid in dB (:func:`decode_grid`, or its anchors one at a time
+    from :func:`iter_decoded`), or None for a spectral grid (the corners mixed bilinearly in
+    dB). A neural grid with ``neural_grid.anchor_corners`` gets
     each corner's reconstruction error added back with the bilinear weights (module
     docstring). Every point is then levelled to its corners' power mix, and kept loopable: the
     difference from the (loopable) spectral mix is crossfaded at the loop seam like a
@@ -118,13 +151,15 @@ def grid_codes(manifest: dict, corners: dict[str, np.ndarray],
     out = {name: np.empty(shape[:-1] + (n,), np.uint8) for name, n in
            (("grid_harmonics", k), ("grid_envelope", e),
             ("grid_noise", corner_db.shape[-1] - k - e))}
+    per_anchor = None if decoded is None or isinstance(decoded, np.ndarray) else iter(decoded)
     for a in range(corner_db.shape[1]):  # one anchor at a time: ~1/19 of the memory
         c = corner_db[:, a:a + 1]
         mix = spectral_grid(c, size)
         if decoded is None:
             grid = mix.copy()
         else:
-            grid = np.array(decoded[:, :, a:a + 1], np.float32)
+            grid = np.array(next(per_anchor)[:, :, None] if per_anchor is not None
+                            else decoded[:, :, a:a + 1], np.float32)
             if anchored:
                 grid = _anchor(grid, c, w)
         gain = power_gain(grid, c, weights[a:a + 1])
@@ -194,9 +229,9 @@ def build_grid(pack: Pack, corners: dict[str, int], *, stored: bool = True) -> G
             raise PackError(f"{pack.path}: cannot decode a grid for other corners: "
                             f"{pack.decoder_error or 'neural pack loaded without its decoder'}"
                             "; the stored grid plays on")
-        decoded = decode_grid(pack.decoder, pack.z_corners(idx),
-                              pack.arrays["instruments_loudness"][idx], m["pitch_anchors"],
-                              int(m["grid_size"]))
+        decoded = iter_decoded(pack.decoder, pack.z_corners(idx),
+                               pack.arrays["instruments_loudness"][idx], m["pitch_anchors"],
+                               int(m["grid_size"]))
     codes = grid_codes(m, {name: pack.arrays[name][idx] for name in CORNER_MEMBERS}, decoded)
     return grid_from_arrays(m, codes["grid_harmonics"], codes["grid_envelope"],
                             codes["grid_noise"], codes["grid_decay"], codes["grid_velocity"],
