@@ -6,15 +6,16 @@ DEMO --loop``: paced null audio playing the Bach chorale in a loop) with a fresh
 directory, a paired key and a small pack active. Then:
 
 * **HTTP cases** (``tests/device/hostile.py``, the same the test suite asserts): signed packs
-  with NaN/Infinity/1e308 frame rates, tiny or NaN source rates, pitch anchors 1e18 apart, a
-  manifest 5000 deep, a name ending in a newline, a silent pack; tokens of non-UTF-8 bytes;
+  with NaN/Infinity/1e308 frame times, velocity 1e308, tiny or NaN source rates, pitch
+  anchors 1e18 apart, a manifest 5000 deep, a name ending in a newline, a silent pack;
+  tokens of non-UTF-8 bytes;
   4 GiB bodies without or with a wrong token; a stalled upload while the packs are listed;
   a chunked upload promising 1 TB; a foreign Host header; framing headers; hostile JSON.
-* **50 uploads at once** of the 15 MB default pack (each client retrying on 429 until it gets
+* **50 uploads at once** of the default pack (each client retrying on 429 until it gets
   in), with the service's RSS sampled every 20 ms; then its RSS once they are done.
 * **Restarts** into a broken state directory: garbage ``active.json`` (random bytes, empty,
   ``[]``, a directory), ``packs`` being a file, and packs planted on disk (bypassing install)
-  with a NaN frame rate, anchors 1e18 apart, a manifest 5000 deep, or silence.
+  with a NaN source rate, anchors 1e18 apart, a manifest 5000 deep, or silence.
 * **MIDI files** given to ``morphbox render``: not MIDI, ticks per beat 0, type 2,
   truncated, a 49-byte file holding a note for 4.5e9 s, 42 bytes with an hour of silence.
 
@@ -203,7 +204,7 @@ def run_concurrent(box: Box, target: Target, active: str, n: int = 50) -> None:
     st = box.status()
     after = rss_mb(box.pid)
     summary = ", ".join(f"{finals.count(c)}x {c}" for c in sorted(set(finals)))
-    row(f"{n} uploads of the 15 MB default pack at once", summary,
+    row(f"{n} uploads of the {len(data) / 1e6:.0f} MB default pack at once", summary,
         yes(st.get("active") == active), yes(advancing(box, b0)),
         f"{idle:.0f} idle, {peak[0]:.0f} peak, {after:.0f} after",
         f"{tries} requests ({busy} answered 429), {secs:.1f} s")

@@ -73,7 +73,7 @@ if [ "$SYSTEMD" = auto ]; then
   else SYSTEMD=no; fi
 fi
 
-STEP=0 TOTAL=11
+STEP=0 TOTAL=12
 step() { STEP=$((STEP + 1)); echo "[$STEP/$TOTAL] $*"; }
 # run CMD...: a command acting on the live system
 run() {
@@ -166,6 +166,11 @@ fi
 step "state directory $STATE (packs, keys, token, recordings)"
 make_dir "$STATE" 0750
 run chown "$SVC_USER:$SVC_USER" "$STATE"
+
+step "compiled engine kernels into $STATE/numba-cache (numba; takes minutes on a Pi, once)"
+# the service and its audio process then load them from this cache instead of compiling
+run runuser -u "$SVC_USER" -- env MORPHBOX_STATE_DIR="$STATE" \
+  "$APP/.venv/bin/python" -m morphbox.device.engine.compiled --state-dir "$STATE"
 
 step "settings /etc/default/morphbox (kept if present)"
 if [ -f "$ROOT/etc/default/morphbox" ]; then echo "    ok: kept /etc/default/morphbox"

@@ -44,6 +44,7 @@ import numpy as np
 
 from morphbox.device.common import ThreadPart, monotonic, state_dir
 from morphbox.device.engine.audio import PacedNullOutput
+from morphbox.device.engine.compiled import CACHE_SUBDIR, engine_status, use_cache_dir
 from morphbox.device.engine.corners import CornerSelector, instrument_names
 from morphbox.device.engine.voices import Engine, EngineConfig
 from morphbox.device.midi.recorder import Recorder
@@ -256,6 +257,10 @@ class Service:
         self.state_dir = state_dir(cfg.state_dir)
         self.store = PackStore(self.state_dir) if cfg.store else None
         self._proven: tuple[Pack, Grid] | None = None
+        # numba keeps the compiled render kernel in the state dir: a reboot loads it. Before
+        # the sound check builds the first engine, so that it fills (or loads) that cache and
+        # the audio process, which inherits the variable, loads from it instead of compiling
+        use_cache_dir(self.state_dir / CACHE_SUBDIR)
         self.pack = self._startup_pack()
         grid = self._proven[1] if self._proven and self._proven[0] is self.pack else \
             grid_from_pack(self.pack)
@@ -560,6 +565,8 @@ class Service:
                 "errors": st.errors, "max_render_ms": round(st.max_render_s * 1000, 3),
                 "recording": self.recorder.recording,
                 "morph_mode": self.controls.snapshot.morph_mode,
+                "engine": (self.audio_process.engine_status() if self.audio_process
+                           else engine_status(self.engine)),
                 "audio_process": self.audio_process.info() if self.audio_process else None}
 
     def run(self, seconds: float | None = None) -> dict:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+# One numba cache for the whole run, subprocesses included: the compiled render kernel
+# (morphbox.kernels.compiled) is compiled once and loaded everywhere else (a service would
+# otherwise keep it in each test's state dir and compile it there again).
+os.environ.setdefault("NUMBA_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "morphbox-tests-numba-cache"))
 
 
 def _in_ci() -> bool:

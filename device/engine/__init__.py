@@ -2,6 +2,8 @@
 
 * :mod:`~morphbox.device.engine.voices` -- :class:`Engine`: voices, morph, mix, limiter, one
   block at a time (:meth:`Engine.render_block`, live or offline).
+* :mod:`~morphbox.device.engine.compiled` -- which render an engine uses (the compiled
+  kernel of :mod:`morphbox.kernels.compiled` or the numpy reference), numba's cache, warm-up.
 * :mod:`~morphbox.device.engine.controls` -- the player's control state as a lock-free
   immutable snapshot.
 * :mod:`~morphbox.device.engine.corners` -- corner choice: a grid for any four instruments,

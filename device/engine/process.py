@@ -315,7 +315,7 @@ class AudioProcessConfig:
     lock_memory: bool = True
     restart: bool = True
     restart_backoff_s: float = 0.5
-    start_timeout_s: float = 60.0
+    start_timeout_s: float = 300.0  # a cold numba cache compiles the kernels first
     tap_poll_s: float = 0.005
 
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from morphbox.device.engine.compiled import attach as attach_render
 from morphbox.device.engine.controls import Controls
 from morphbox.device.packs.format import Grid
 from morphbox.kernels import envelope as env
@@ -92,6 +93,9 @@ class EngineConfig:
             seconds (short, so MPE vibrato keeps its depth).
         voice_gain: linear gain of one full-velocity voice before the limiter.
         seed: noise seed (offline renders are deterministic).
+        kernel: the render: "compiled" (numba, :mod:`morphbox.kernels.compiled`), "numpy"
+            (the reference) or "auto" (compiled when numba is there); ``$MORPHBOX_ENGINE``
+            overrides it (:mod:`morphbox.device.engine.compiled`).
     """
 
     sample_rate: int = 48000
@@ -104,6 +108,7 @@ class EngineConfig:
     expression_smoothing_s: float = 0.005
     voice_gain: float = 0.5
     seed: int = 0
+    kernel: str = "auto"
 
 
 class Engine:
@@ -198,6 +203,11 @@ class Engine:
         self._taps: tuple = ()
         self.blocks = 0
         self.nonfinite_blocks = 0  # blocks that came out NaN/inf and were played as silence
+        # the render after the block's inputs are gathered: numpy (below) or compiled (one
+        # kernel call; it moves the per-voice arrays above into its arena)
+        self._render = self._render_numpy
+        #: "compiled" or "numpy": which render this engine uses
+        self.kernel = attach_render(self)
 
     # ---- input entry points (producer threads) -------------------------------------------
     def note_on(self, note: int, velocity: int, channel: int = 0, bend: float = 0.0,
@@ -436,6 +446,15 @@ class Engine:
                 self._bend = snap.bend
         vol0 = self._volume
         self._volume = vol1 = vol0 + (snap.volume - vol0) * a
+        self._render(grid, snap, vol0, vol1)
+        self.blocks += 1
+        for tap in self._taps:
+            tap(self._out)
+        return self._out
+
+    def _render_numpy(self, grid: Grid, snap, vol0: float, vol1: float) -> None:
+        """The reference render: every voice, noise, volume ramp ``vol0 -> vol1``, limiter,
+        into ``self._out`` (inputs gathered by :meth:`render_block`)."""
         live = np.flatnonzero(self._stage)
         if live.size:
             mono = self._render_voices(grid, live, snap)
@@ -449,10 +468,6 @@ class Engine:
             self._noise.reset()  # its overlap-add tail carries the bad values on
         self._limiter.process(mono)
         self._out[:] = mono[:, None]
-        self.blocks += 1
-        for tap in self._taps:
-            tap(self._out)
-        return self._out
 
     def _change_mode(self, mode: str) -> None:
         if not self._spread:  # the voices were all on the (smoothed) touch

@@ -33,7 +33,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(tmp_path):
     before = (root / "boot/firmware/config.txt").read_text()
     out = _run("--dry-run", "--root", str(root), "--hat", "iqaudio-dacplus").stdout
     steps = [line for line in out.splitlines() if line.startswith("[")]
-    assert [s.split("]")[0] for s in steps] == [f"[{i}/11" for i in range(1, 12)]
+    assert [s.split("]")[0] for s in steps] == [f"[{i}/12" for i in range(1, 13)]
     for text in ("would run: apt-get update", "portaudio19-dev", "i2c-tools",
                  "build-essential", "python3-dev", "libasound2-dev", "libjack-jackd2-dev",
                  "usermod -aG audio,i2c,gpio,dialout morphbox",
