@@ -591,7 +591,7 @@ class _AudioSide:
         name = raw.rstrip(b"\0").decode()
         try:
             seg = shm.attach_segment(name)
-            grid = shm.get_object(seg)
+            grid = shm.get_object(seg, readonly=False)
             _prefault(grid)
         except (OSError, ValueError) as exc:  # gone already (a newer one follows), no memory
             if not isinstance(exc, FileNotFoundError):
@@ -725,7 +725,7 @@ def audio_main(spec: _Spec) -> None:
             raise RuntimeError("no grid posted")
         gen, raw = r[0]
         grid_seg = shm.attach_segment(raw.rstrip(b"\0").decode())
-        grid = shm.get_object(grid_seg)
+        grid = shm.get_object(grid_seg, readonly=False)
         _prefault(grid)
         side = _AudioSide(spec, sh, grid_seg, grid, gen)  # builds (and warms) its render
         _publish_kernel(st, side.engine)

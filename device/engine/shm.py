@@ -421,10 +421,11 @@ def put_object(obj, tag: str) -> shared_memory.SharedMemory:
     return seg
 
 
-def get_object(seg: shared_memory.SharedMemory):
-    """The object :func:`put_object` stored in ``seg``; its arrays are read-only views of the
-    segment (keep ``seg`` mapped while they are in use). Raises ``ValueError`` if the segment
-    does not hold one."""
+def get_object(seg: shared_memory.SharedMemory, readonly: bool = True):
+    """The object :func:`put_object` stored in ``seg``; its arrays are views of the segment
+    (keep ``seg`` mapped while they are in use), read-only unless ``readonly=False`` (the
+    audio process: numba's compiled kernels take only writable arrays; it never writes them).
+    Raises ``ValueError`` if the segment does not hold one."""
     mv = seg.buf
     try:
         n_meta, n_buf = _OBJ_HDR.unpack_from(mv, 0)
@@ -436,7 +437,8 @@ def get_object(seg: shared_memory.SharedMemory):
             off, n = _BUF_ENTRY.unpack_from(mv, _OBJ_HDR.size + i * _BUF_ENTRY.size)
             if off + n > mv.nbytes:
                 raise ValueError("object buffer out of range")
-            views.append(mv[off:off + n].toreadonly())
+            view = mv[off:off + n]
+            views.append(view.toreadonly() if readonly else view)
         return pickle.loads(mv[table:table + n_meta], buffers=views)
     except (struct.error, pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"segment {seg.name} holds no object: {exc}") from exc
