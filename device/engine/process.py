@@ -462,6 +462,7 @@ class _AudioSide:
         self._loader_lock = threading.Lock()  # never taken by a live render thread
         self._failed = 0  # the last grid generation that could not be mapped
         self._swap_block = 0
+        self._calls = 0  # render calls begun (blocks rendered or failed)
         shape = (spec.engine.block_size, spec.engine.channels)
         self._tap_buf = np.zeros(spec.layout.tap_payload, np.uint8)
         self._tap_hdr = memoryview(self._tap_buf)[:_TAP_HDR.size]
@@ -515,6 +516,7 @@ class _AudioSide:
 
     def render(self, drain: bool = True) -> np.ndarray:
         """One block (the stream callback's ``render_block``)."""
+        self._calls += 1
         if self.rt_priority:
             self._realtime_here()
         if drain:
@@ -523,7 +525,7 @@ class _AudioSide:
         p = self.pending
         if p is not None and self.swapped is None:
             self.engine.set_grid(p[1])
-            self._swap_block = self.engine.blocks
+            self._swap_block = self._calls
             self.swapped = self.playing
             self.playing = p
             self.pending = None
@@ -574,8 +576,10 @@ class _AudioSide:
     def _housekeeping(self) -> None:
         old = self.swapped
         if old is not None:
-            if self.engine.blocks < self._swap_block + 1:
-                return  # the engine has not rendered with the new grid yet
+            if self._calls <= self._swap_block:
+                # the render call that swapped may still run with the old grid. Counted in
+                # calls, not rendered blocks: a grid whose every render raises is replaced too
+                return
             self.zombies.append(old[2])
             self.swapped = old = None  # the last references to the old grid's arrays
         if self.zombies:

@@ -403,8 +403,9 @@ def test_the_watchdog_sees_the_audio_process_break_and_rolls_back(tmp_path, how)
         dog.arm(now=100.0)
         _break_the_grid(service, how)
         assert _play_until_broken(service)
-        seen = service.output.stats.errors if how == "errors" else service.engine.nonfinite_blocks
-        assert seen > 0  # counted in the audio process, read here
+        # counted in the audio process, read here (which counter depends on the render: the
+        # compiled one may raise on a NaN grid where numpy plays a non-finite block)
+        assert service.output.stats.errors + service.engine.nonfinite_blocks >= dog.max_bad
         done = dog.check(101.0)
         assert done and f"back to {ids[120]}" in done
         assert service.pack.name == "p120"
