@@ -9,7 +9,7 @@ APT_PKGS := fluidsynth fluid-soundfont-gm musescore-general-soundfont portaudio1
             chromium chromium-driver
 STAMPS  := .make
 
-.PHONY: demo test test-random bench pack lint clean setup
+.PHONY: demo test test-random bench pack lint clean setup arm64-check
 
 demo: setup
 	$(VENV)/bin/morphbox demo
@@ -32,6 +32,12 @@ bench: setup
 
 pack: setup
 	$(VENV)/bin/morphbox pack build --out device/packs/default
+
+# Does it install and run on 64-bit Raspberry Pi OS? setup.sh, a demo render and a 20 s
+# sim-profile service in a Debian arm64 bookworm root under qemu (deploy/arm64-check.sh).
+# Slow (about 40 min the first time, cached under .cache/arm64/ after): not part of `make test`.
+arm64-check:
+	$(SUDO) deploy/arm64-check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

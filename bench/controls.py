@@ -7,7 +7,11 @@ ceiling, then at the profile's rate while a finger jumps to a new place every 5-
 is from the finger landing on the simulated sensor to the engine's control snapshot changing
 (the filter's own smoothing lag comes on top and is not counted).
 
-    .venv/bin/python bench/controls.py [--seconds 2]
+    .venv/bin/python bench/controls.py [--seconds 2] [--audio-process no|yes]
+
+``--audio-process yes`` renders in the audio process, as the box does (the touch then reaches
+it through the shared-memory seqlock; the latency measured is still to the service's control
+snapshot, which the audio process reads at its next block).
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ CASES = [
 ]
 
 
+AUDIO_PROCESS = "no"
+
+
 def box(name, overrides, pace, rate_hz=None):
     """A started service with a control loop on a fresh simulated box."""
     profile = load_profile(name, overrides)
     profile.data.pop("sim", None)  # the bench plays the finger itself
     rig = SimRig(profile, pace=pace)
     rig.touch.touch(0.5, 0.5)
-    svc = Service(ServiceConfig(audio="none"))
+    svc = Service(ServiceConfig(audio="none", audio_process=AUDIO_PROCESS))
     loop = attach(svc, profile, rig=rig)
     if rate_hz is not None:
         loop.config.rate_hz = rate_hz
@@ -60,7 +67,7 @@ def run_case(name, overrides, pace, seconds):
     svc, loop2, rig = box(name, overrides, pace)  # the profile's rate, a moving finger
     target = loop2.config.rate_hz
     b0, n0 = rig.bus.bus_time_s, rig.bus.transactions
-    lat = []
+    lat, lat_audio = [], []
     stop = threading.Event()
 
     def mover():
@@ -75,6 +82,12 @@ def run_case(name, overrides, pace, seconds):
             while svc.controls.snapshot.x == before and not stop.is_set():
                 time.sleep(0.0001)
             lat.append(time.perf_counter() - t0)
+            ap = svc.audio_process
+            if ap is not None:  # ... and on to the audio process's engine (next block)
+                version = ap._sh.controls.version
+                while ap._sh.stats["controls_version"] < version and not stop.is_set():
+                    time.sleep(0.0001)
+                lat_audio.append(time.perf_counter() - t0)
             time.sleep(rnd.uniform(0.005, 0.015))
 
     th = threading.Thread(target=mover, daemon=True)
@@ -91,25 +104,36 @@ def run_case(name, overrides, pace, seconds):
     return {"driver": name if name != "sim" else None, "target": target, "max": max_rate,
             "rate": rate, "bus_ms": bus_ms, "tx": (rig.bus.transactions - n0) / max(1, polls),
             "med": float(np.median(lat_ms)), "p99": float(np.percentile(lat_ms, 99)),
-            "n": len(lat_ms), "audio_err": status["errors"] + status["late_blocks"]}
+            "n": len(lat_ms), "audio_err": status["errors"] + status["late_blocks"],
+            "audio_med": float(np.median(lat_audio[1:])) * 1000 if lat_audio else None,
+            "audio_p99": float(np.percentile(lat_audio[1:], 99)) * 1000 if lat_audio else None}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--audio-process", choices=("no", "yes"), default="no",
+                    help="render in an audio process of its own (the box's way)")
     args = ap.parse_args()
+    global AUDIO_PROCESS
+    AUDIO_PROCESS = args.audio_process
     rows = []
     for label, name, overrides in CASES:
         for pace in (False, True):
             r = run_case(name, overrides, pace, args.seconds)
             rows.append((label, "400 kHz" if pace else "instant", r))
+    proc = AUDIO_PROCESS == "yes"
+    print(f"engine: {'an audio process of its own' if proc else 'in the service process'}\n")
+    extra = " | to the audio process, median (ms) | p99 (ms)" if proc else ""
     print("| touch surface | simulated bus | ceiling (Hz) | target (Hz) | achieved (Hz) "
-          "| bus time / poll, incl. OLED (ms) | latency median (ms) | latency p99 (ms) | samples "
-          "| late audio blocks |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| bus time / poll, incl. OLED (ms) | latency median (ms) | latency p99 (ms)"
+          f"{extra} | samples | late audio blocks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if proc else "")
+          + "---:|---:|")
     for label, bus, r in rows:
+        more = f" | {r['audio_med']:.2f} | {r['audio_p99']:.2f}" if proc else ""
         print(f"| {label} | {bus} | {r['max']:.0f} | {r['target']:.0f} | {r['rate']:.1f} "
-              f"| {r['bus_ms']:.3f} | {r['med']:.2f} | {r['p99']:.2f} | {r['n']} "
+              f"| {r['bus_ms']:.3f} | {r['med']:.2f} | {r['p99']:.2f}{more} | {r['n']} "
               f"| {r['audio_err']} |")
 
 

@@ -1,6 +1,13 @@
 """MIDI latency and a MIDI storm through JACK: virtual MIDI port -> router -> engine -> stream.
 
     .venv/bin/python bench/midi_latency.py [--notes 200] [--seconds 60] [--rate 1000]
+                                           [--audio-process no,yes]
+
+Each ``--audio-process`` value is one run: ``no`` renders in this process (the engine and its
+PyAudio stream beside the router), ``yes`` in an audio process of its own
+(:class:`morphbox.device.engine.process.AudioProcess`, SCHED_FIFO where allowed), the box's
+way: the router then sends the note through the shared-memory event ring, and the first
+sounding block's render time is the audio process's (``AudioProcess.tap_time``).
 
 Starts its own ``jackd --no-realtime -d dummy -r 48000 -p 128`` (a real-time-paced server
 without a sound card), opens the engine's PyAudio stream on it (128-frame blocks) and the
@@ -46,14 +53,21 @@ import numpy as np  # noqa: E402
 SR, BLOCK = 48000, 128
 
 
-def start_jackd(name: str) -> subprocess.Popen:
+def start_jackd(name: str, realtime: bool = False) -> subprocess.Popen:
+    """``jackd -d dummy`` at 48 kHz / 128 frames named ``name``; ``realtime``: with
+    real-time scheduling (``-R``: its clock thread is not starved by a busy machine; needs
+    the privilege, as on the box), else ``--no-realtime``."""
     jackd = shutil.which("jackd")
     if jackd is None:
         sys.exit("jackd is not installed (apt-get install jackd2)")
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
     log = open(Path(tempfile.gettempdir()) / f"{name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r", str(SR),
-                             "-p", str(BLOCK)], stdin=subprocess.DEVNULL, stdout=log,
+    cmd = [jackd, "-n", name, "-R" if realtime else "--no-realtime", "-d", "dummy", "-r",
+           str(SR), "-p", str(BLOCK)]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:  # jackd goes with the bench, however the bench ends
+        cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
     env["JACK_DEFAULT_SERVER"] = name
     deadline = time.monotonic() + 20
@@ -71,9 +85,11 @@ def start_jackd(name: str) -> subprocess.Popen:
 
 class FirstSound:
     """Engine tap: remembers when the first non-silent block after :meth:`arm` was rendered.
-    Runs in the audio callback: compares, stores a float, returns."""
+    Runs in the audio callback: compares, stores a float, returns. ``clock``: when the block
+    was rendered (default: now; an audio process's taps come later and carry the time)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.armed = False
         self.t_hit = 0.0
 
@@ -83,7 +99,7 @@ class FirstSound:
 
     def __call__(self, block):
         if self.armed and block.any():
-            self.t_hit = time.perf_counter()
+            self.t_hit = self.clock()
             self.armed = False
 
 
@@ -192,8 +208,8 @@ class Keyboard:
             self.proc.kill()
 
 
-def latency(engine, stream, keyboard: Keyboard, notes: int) -> dict:
-    tap = FirstSound()
+def latency(engine, stream, keyboard: Keyboard, notes: int, clock=time.perf_counter) -> dict:
+    tap = FirstSound(clock)
     engine.add_tap(tap)
     rng = random.Random(1)
     lat, missed = [], 0
@@ -210,11 +226,9 @@ def latency(engine, stream, keyboard: Keyboard, notes: int) -> dict:
             tap.armed = False
         keyboard.send(0x80, note, 0)
     engine.remove_tap(tap)
-    out_lat = 0.0
-    try:
-        out_lat = float(stream._stream.get_output_latency())
-    except Exception:  # noqa: BLE001
-        pass
+    out_lat = getattr(stream, "output_latency_s", 0.0)
+    if hasattr(stream, "info"):  # an audio process: its stream's latency
+        out_lat = stream.info()["output_latency_ms"] / 1000
     ms = np.array(lat) * 1000
     return {"n": len(lat), "missed": missed, "median": float(np.median(ms)),
             "p99": float(np.percentile(ms, 99)), "max": float(ms.max()),
@@ -291,71 +305,110 @@ def storm(engine, stream, router, keyboard: Keyboard, seconds: float, rate: int)
             "stuck_keys": len(router.held_notes) + len(router.sustained_notes)}
 
 
+def run(mode: str, args) -> tuple[dict, dict]:
+    """One run (module docstring) with the engine in this process (``mode="no"``) or in an
+    audio process (``"yes"``); returns (latency, storm) results."""
+    from morphbox.device.engine.audio import AudioStream
+    from morphbox.device.engine.process import AudioProcess, AudioProcessConfig
+    from morphbox.device.engine.voices import Engine, EngineConfig
+    from morphbox.device.midi.inputs import rtmidi_scanner
+    from morphbox.device.midi.router import MidiRouter
+    from morphbox.device.packs.format import load_default_grid
+
+    cfg = EngineConfig(sample_rate=SR, block_size=BLOCK)
+    if mode == "yes":
+        engine = stream = AudioProcess(load_default_grid(), cfg, AudioProcessConfig(
+            output="device", host_api="JACK"))
+        clock = lambda: engine.tap_time  # noqa: E731 - when the audio process rendered it
+    else:
+        engine = Engine(load_default_grid(), cfg)
+        stream = AudioStream(engine.render_block, host_api="JACK", sample_rate=SR,
+                             block_size=BLOCK)
+        clock = time.perf_counter
+    engine.controls.set_adsr(attack_s=0.001, release_s=0.01)
+    router = MidiRouter(engine)
+    scanner = rtmidi_scanner(router.put, "jack", poll_s=0.25)
+    try:
+        stream.start()
+        router.start()
+        scanner.start()
+        keyboard = Keyboard()
+        try:
+            if not wait_for(lambda: scanner.open_ports, 5):
+                sys.exit("the virtual MIDI port was not picked up")
+            time.sleep(0.5)
+            stream.reset_max_render()
+            lat = latency(engine, stream, keyboard, args.notes, clock)
+            lat["max_render_ms"] = stream.stats.max_render_s * 1000
+            lat["mpe"] = None
+            if mode != "yes":  # FirstBend reads the engine's per-voice f0: in-process only
+                stream.reset_max_render()
+                lat["mpe"] = mpe_latency(engine, keyboard, args.notes)
+                lat["mpe"]["max_render_ms"] = stream.stats.max_render_s * 1000
+            engine.controls.set_adsr(attack_s=0.01, release_s=0.4)
+            sto = storm(engine, stream, router, keyboard, args.seconds, args.rate)
+        finally:
+            keyboard.close()
+        scanner.stop()
+        router.stop()
+        if mode == "yes":
+            lat["how"] = "audio process, " + ("SCHED_FIFO" if stream.info()["sched_fifo"]
+                                              else "normal scheduling")
+        else:
+            lat["how"] = "in-process"
+    finally:
+        stream.close()
+    return lat, sto
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--notes", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=int, default=1000, help="storm messages per second")
+    ap.add_argument("--jack-rt", action="store_true",
+                    help="run jackd with real-time scheduling (-R; needs the privilege)")
+    ap.add_argument("--audio-process", default="no,yes",
+                    help="comma-separated runs: no (engine in this process), yes (audio "
+                    "process)")
     args = ap.parse_args(argv)
 
-    proc = start_jackd(f"morphbox-bench-{os.getpid()}")
+    results = []
+    proc = start_jackd(f"morphbox-bench-{os.getpid()}", realtime=args.jack_rt)
     try:
-        from morphbox.device.engine.audio import AudioStream
-        from morphbox.device.engine.voices import Engine, EngineConfig
-        from morphbox.device.midi.inputs import rtmidi_scanner
-        from morphbox.device.midi.router import MidiRouter
-        from morphbox.device.packs.format import load_default_grid
-
-        engine = Engine(load_default_grid(), EngineConfig(sample_rate=SR, block_size=BLOCK))
-        engine.controls.set_adsr(attack_s=0.001, release_s=0.01)
-        router = MidiRouter(engine)
-        scanner = rtmidi_scanner(router.put, "jack", poll_s=0.25)
-        with AudioStream(engine.render_block, host_api="JACK", sample_rate=SR,
-                         block_size=BLOCK) as stream:
-            router.start()
-            scanner.start()
-            keyboard = Keyboard()
-            try:
-                if not wait_for(lambda: scanner.open_ports, 5):
-                    sys.exit("the virtual MIDI port was not picked up")
-                time.sleep(0.5)
-                stream.reset_max_render()
-                lat = latency(engine, stream, keyboard, args.notes)
-                lat["max_render_ms"] = stream.stats.max_render_s * 1000
-                stream.reset_max_render()
-                mpe = mpe_latency(engine, keyboard, args.notes)
-                mpe["max_render_ms"] = stream.stats.max_render_s * 1000
-                engine.controls.set_adsr(attack_s=0.01, release_s=0.4)
-                sto = storm(engine, stream, router, keyboard, args.seconds, args.rate)
-            finally:
-                keyboard.close()
-            scanner.stop()
-            router.stop()
+        for mode in args.audio_process.split(","):
+            results.append(run(mode.strip(), args))
     finally:
         proc.terminate()
         proc.wait(10)
 
     target = 2 * BLOCK / SR * 1000 + 1
     print(f"MIDI latency: JACK virtual MIDI port -> router -> engine -> PortAudio/JACK "
-          f"({SR} Hz, {BLOCK}-frame blocks = {BLOCK / SR * 1000:.2f} ms), "
+          f"({SR} Hz, {BLOCK}-frame blocks = {BLOCK / SR * 1000:.2f} ms, jackd "
+          f"{'-R' if args.jack_rt else '--no-realtime'}), "
           f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
-    print("| notes | missed | to render, median | p99 | max | + output buffer | "
+    print("| engine | notes | missed | to render, median | p99 | max | + output buffer | "
           "total median | total p99 | target | max render |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    o = lat["out_ms"]
-    for label, r in ((str(lat["n"]), lat), (f"{mpe['n']} MPE bends", mpe)):
-        print(f"| {label} | {r['missed']} | {r['median']:.2f} ms | {r['p99']:.2f} ms | "
-              f"{r['max']:.2f} ms | {o:.2f} ms | {r['median'] + o:.2f} ms | "
-              f"{r['p99'] + o:.2f} ms | <= {target:.2f} ms | {r['max_render_ms']:.2f} ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for lat, _ in results:
+        o = lat["out_ms"]
+        rows = [(f"{lat['n']} notes", lat)]
+        if lat.get("mpe") is not None:
+            rows.append((f"{lat['mpe']['n']} MPE bends", lat["mpe"]))
+        for label, r in rows:
+            print(f"| {lat['how']} | {label} | {r['missed']} | {r['median']:.2f} ms | "
+                  f"{r['p99']:.2f} ms | {r['max']:.2f} ms | {o:.2f} ms | "
+                  f"{r['median'] + o:.2f} ms | {r['p99'] + o:.2f} ms | <= {target:.2f} ms | "
+                  f"{r['max_render_ms']:.2f} ms |")
     print(f"\nMIDI storm: {args.rate} messages/s for {args.seconds:g} s, sent by another "
           "process\n")
-    print("| sent | applied | blocks | late blocks | xruns | errors | max render | "
+    print("| engine | sent | applied | blocks | late blocks | xruns | errors | max render | "
           "stuck voices | stuck keys |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    s = sto
-    print(f"| {s['sent']} ({s['rate']:.0f}/s) | {s['applied']} | {s['blocks']} | {s['late']} | "
-          f"{s['xruns']} | {s['errors']} | {s['max_render_ms']:.2f} ms | {s['stuck_voices']} | "
-          f"{s['stuck_keys']} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for lat, s in results:
+        print(f"| {lat['how']} | {s['sent']} ({s['rate']:.0f}/s) | {s['applied']} | "
+              f"{s['blocks']} | {s['late']} | {s['xruns']} | {s['errors']} | "
+              f"{s['max_render_ms']:.2f} ms | {s['stuck_voices']} | {s['stuck_keys']} |")
     return 0
 
 

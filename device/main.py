@@ -39,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--audio", choices=("auto", "device", "none"), default="auto")
     p.add_argument("--device", help="output device (index or part of its name)")
+    p.add_argument("--audio-process", choices=("auto", "yes", "no"), default="auto",
+                   help="render in an audio process of its own with real-time priority "
+                   "(auto: yes on a Raspberry Pi; $MORPHBOX_AUDIO_PROCESS overrides auto)")
+    p.add_argument("--rt-priority", type=int, default=70, metavar="N",
+                   help="SCHED_FIFO priority of the audio process, 1..99 (0: normal "
+                   "scheduling; default 70)")
     p.add_argument("--profile", help="hardware profile: sim (simulated touch surface, pots, "
                    "encoders and OLED), trill, nsynth-super, or a TOML file "
                    "(docs/hardware.md)")
@@ -62,7 +68,9 @@ def build(args: argparse.Namespace) -> tuple[Service, float | None]:
     ``MidiConfigError``, ``AudioError``, ``OSError`` (the API address)."""
     service = Service(ServiceConfig(pack=args.pack, engine=EngineConfig(
         block_size=args.block_size), audio=args.audio, device=args.device,
-        state_dir=args.state_dir, store=bool(args.api)))
+        state_dir=args.state_dir, store=bool(args.api),
+        audio_process=getattr(args, "audio_process", "auto"),
+        rt_priority=getattr(args, "rt_priority", 70)))
     seconds = args.seconds
     if args.midi:
         from morphbox.device.midi.files import MidiFilePart, midi_events
@@ -100,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
           + (f" for {seconds:.0f} s" if seconds else "; Ctrl-C stops"), flush=True)
     st = service.run(seconds)
     print(f"played {st['blocks']} blocks: {st['late_blocks']} late, {st['xruns']} xruns, "
-          f"{st['errors']} errors")
+          f"{st['errors']} errors, max render {st['max_render_ms']:.2f} ms, "
+          f"{st['voices']} voices sounding at the end")
+    ap = st.get("audio_process")
+    if ap:
+        print(f"audio process: pid {ap['pid']}, "
+              + (f"SCHED_FIFO {ap['rt_priority']}" if ap["sched_fifo"] else "normal scheduling")
+              + (", memory locked" if ap["mlocked"] else ", memory not locked")
+              + f", {ap['restarts']} restarts, render mean {ap['render_mean_ms']:.2f} ms"
+              + (f", {ap['events_dropped']} events dropped" if ap.get("events_dropped") else ""))
     return 0
 
 

@@ -21,7 +21,9 @@ hardware profile and options (``python -m morphbox.device``).
 
 Audio goes to a PyAudio stream when an output exists; otherwise (a laptop without a sound
 card, CI) to :class:`morphbox.device.engine.audio.PacedNullOutput`, which calls the same render
-function at the real block rate.
+function at the real block rate. On the box the engine and that output run in an audio process
+of their own (:class:`morphbox.device.engine.process.AudioProcess`, real-time priority,
+``ServiceConfig.audio_process``): ``service.engine`` is then its front, with the engine's API.
 
 Imports: every device sub-package (this is the top of the device layer).
 """
@@ -204,6 +206,10 @@ class ServiceConfig:
         state_dir: packs, keys, token, patches, recordings (default
             :func:`morphbox.device.common.state_dir`).
         store: keep installed packs in the state dir (:class:`PackStore`); needed by the API.
+        audio_process: "yes" (render in an audio process of its own), "no" (in this process)
+            or "auto": yes on a Raspberry Pi, no elsewhere; ``$MORPHBOX_AUDIO_PROCESS``
+            (yes/no) overrides "auto".
+        rt_priority: SCHED_FIFO priority the audio process asks for (0: normal scheduling).
         recordings_cap_bytes: most the recordings may take; the oldest are deleted past it
             (None: the store's, ``$MORPHBOX_RECORDINGS_CAP_MB``, default 1024 MB).
         watch_s: seconds the audio is watched after a pack switch (:class:`PackWatchdog`).
@@ -216,8 +222,25 @@ class ServiceConfig:
     host_api: str | None = None
     state_dir: Path | str | None = None
     store: bool = False
+    audio_process: str = "auto"
+    rt_priority: int = 70
     recordings_cap_bytes: int | None = None
     watch_s: float = 30.0
+
+
+def use_audio_process(setting: str = "auto") -> bool:
+    """Resolve ``ServiceConfig.audio_process`` ("yes", "no", "auto"; see there)."""
+    import os
+    if setting not in ("auto", "yes", "no"):
+        raise ValueError(f"audio_process must be auto, yes or no, not {setting!r}")
+    if setting == "auto":
+        setting = os.environ.get("MORPHBOX_AUDIO_PROCESS", "auto").strip().lower()
+    if setting in ("yes", "no"):
+        return setting == "yes"
+    try:
+        return "raspberry pi" in Path("/proc/device-tree/model").read_text().lower()
+    except OSError:
+        return False
 
 
 class Service:
@@ -234,18 +257,29 @@ class Service:
         self.state_dir = state_dir(cfg.state_dir)
         self.store = PackStore(self.state_dir) if cfg.store else None
         self._proven: tuple[Pack, Grid] | None = None
-        self.pack = self._startup_pack()
-        # numba keeps the compiled render kernel in the state dir: a reboot loads it
+        # numba keeps the compiled render kernel in the state dir: a reboot loads it. Before
+        # the sound check builds the first engine, so that it fills (or loads) that cache and
+        # the audio process, which inherits the variable, loads from it instead of compiling
         use_cache_dir(self.state_dir / CACHE_SUBDIR)
+        self.pack = self._startup_pack()
         grid = self._proven[1] if self._proven and self._proven[0] is self.pack else \
             grid_from_pack(self.pack)
         self._proven = None
-        self.engine = Engine(grid, cfg.engine)
+        self.audio_process = None
+        if use_audio_process(cfg.audio_process):
+            from morphbox.device.engine.process import AudioProcess, AudioProcessConfig
+            self.audio_process = self.engine = AudioProcess(
+                grid, cfg.engine, AudioProcessConfig(
+                    output=cfg.audio, device=cfg.device, host_api=cfg.host_api,
+                    rt_priority=cfg.rt_priority))
+            self.engine.restart_listeners.append(lambda: self.say("audio restarted"))
+        else:
+            self.engine = Engine(grid, cfg.engine)
         self.controls = self.engine.controls
         self.corners = CornerSelector(self.engine, self.pack, on_change=self._corners_changed)
         self.patches = PatchStore(self.state_dir)
         self.recorder = Recorder(self.engine, self.state_dir / "recordings")
-        self.output = self._open_output()
+        self.output = self.audio_process or self._open_output()
         #: ``f(text)`` callables shown what the box did (the OLED's message line).
         self.message_listeners: list[Callable[[str], None]] = []
         self._parts: list = []
@@ -528,9 +562,12 @@ class Service:
                 "corners": instrument_names(self.pack, self.corners.corners),
                 "voices": self.engine.active_voices, "audio_device": self.output.device_name,
                 "blocks": st.blocks, "late_blocks": st.late_blocks, "xruns": st.xruns,
-                "errors": st.errors, "recording": self.recorder.recording,
+                "errors": st.errors, "max_render_ms": round(st.max_render_s * 1000, 3),
+                "recording": self.recorder.recording,
                 "morph_mode": self.controls.snapshot.morph_mode,
-                "engine": engine_status(self.engine)}
+                "engine": (self.audio_process.engine_status() if self.audio_process
+                           else engine_status(self.engine)),
+                "audio_process": self.audio_process.info() if self.audio_process else None}
 
     def run(self, seconds: float | None = None) -> dict:
         """Start, run until ``seconds`` pass or SIGINT/SIGTERM, stop; returns the status."""

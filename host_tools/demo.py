@@ -59,7 +59,6 @@ def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PA
     ``OSError`` if ``out`` cannot be written (a partial file is removed). ``morph_mode``:
     ``follow``, ``latch`` or ``mpe`` (a file recorded on the box sets its own); ``mpe`` as in
     :func:`render_piece`."""
-    import soundfile as sf
     events = midi_events(midi)
     route = touch_path(path)
     engine = Engine(grid_from_pack(load_pack(pack)), config)
@@ -72,7 +71,7 @@ def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PA
     frames, fill = 0, 0
     t0 = time.perf_counter()
     try:
-        with sf.SoundFile(str(out), "w", cfg.sample_rate, cfg.channels, "PCM_16") as f:
+        with _WavOut(out, cfg.sample_rate, cfg.channels) as f:
             for block in render_blocks(engine, events, route, mpe=mpe):
                 chunk[fill:fill + len(block)] = block
                 fill += len(block)
@@ -87,11 +86,58 @@ def render_file(midi: str | Path, out: str | Path, pack: str | Path = DEFAULT_PA
     return frames / cfg.sample_rate, time.perf_counter() - t0
 
 
+class _WavOut:
+    """A 16-bit PCM WAV file written a chunk at a time (``write(float32 (frames, channels))``,
+    -1..1): through soundfile (host extra) when installed, else the standard library's
+    ``wave`` (a device-only install), with the same samples either way."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int):
+        try:
+            import soundfile as sf
+        except ImportError:
+            import wave
+            self._sf = None
+            self._f = wave.open(str(path), "wb")  # noqa: SIM115 - closed in __exit__
+            self._f.setnchannels(int(channels))
+            self._f.setsampwidth(2)
+            self._f.setframerate(int(sample_rate))
+        else:
+            self._sf = self._f = sf.SoundFile(str(path), "w", int(sample_rate), int(channels),
+                                              "PCM_16")
+
+    def write(self, frames: np.ndarray) -> None:
+        if self._sf is not None:
+            self._f.write(frames)
+        else:
+            pcm = np.clip(np.rint(np.asarray(frames, np.float32) * 32767.0), -32768, 32767)
+            self._f.writeframes(pcm.astype("<i2").tobytes())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write float audio as 16-bit PCM WAV with soundfile."""
-    import soundfile as sf
+    """Write float audio ``(samples, channels)`` (or ``(samples,)``) in -1..1 as 16-bit PCM
+    WAV. Uses soundfile (host extra) when installed, else the standard library's ``wave``, so
+    ``morphbox render`` also works on a device-only install."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import soundfile as sf
+    except ImportError:  # device-only install: the same 16-bit PCM through the stdlib
+        import wave
+        audio = np.asarray(audio, np.float32)
+        frames = audio if audio.ndim == 2 else audio[:, None]
+        pcm = np.clip(np.rint(frames * 32767.0), -32768, 32767).astype("<i2")
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(frames.shape[1])
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.tobytes())
+        return path
     sf.write(str(path), audio, sample_rate, subtype="PCM_16")
     return path
 

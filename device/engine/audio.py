@@ -80,6 +80,10 @@ class AudioStats:
     max_render_s: float = 0.0
     errors: int = 0  # exceptions raised by render_block (silence was played instead)
 
+    def snapshot(self) -> AudioStats:
+        """A copy (what :attr:`AudioStream.stats` hands out)."""
+        return replace(self)
+
     def count(self, render_s: float, period_s: float) -> None:
         """Count one served block that took ``render_s`` seconds to render."""
         self.blocks += 1
@@ -328,6 +332,7 @@ class AudioStream:
         channels: int = 2,
         device: int | str | None = None,
         host_api: str | None = None,
+        stats: AudioStats | None = None,
     ) -> None:
         if not callable(render_block):
             raise TypeError("render_block must be a zero-argument callable")
@@ -336,7 +341,10 @@ class AudioStream:
         self._sample_rate = int(sample_rate)
         self._block_size = int(block_size)
         self._channels = int(channels)
-        self._stats = AudioStats()
+        # ``stats``: the counters to update (the audio process passes its shared-memory ones,
+        # :mod:`morphbox.device.engine.process`); anything with AudioStats' fields, ``count``
+        # and ``snapshot``
+        self._stats = stats if stats is not None else AudioStats()
         self._callback = _BlockCallback(
             render_block,
             sample_rate=self._sample_rate,
@@ -381,7 +389,7 @@ class AudioStream:
     @property
     def stats(self) -> AudioStats:
         """A snapshot copy of the counters."""
-        return replace(self._stats)
+        return self._stats.snapshot()
 
     def reset_max_render(self) -> None:
         """Start :attr:`AudioStats.max_render_s` afresh (to measure one phase of a run). One
@@ -398,6 +406,14 @@ class AudioStream:
             return bool(stream.is_active())
         except OSError:
             return False
+
+    @property
+    def output_latency_s(self) -> float:
+        """PortAudio's output latency of the open stream, seconds (0 before :meth:`start`)."""
+        try:
+            return float(self._stream.get_output_latency()) if self._stream is not None else 0.0
+        except (OSError, AttributeError):
+            return 0.0
 
     @property
     def last_error(self) -> BaseException | None:
@@ -530,17 +546,21 @@ class PacedNullOutput:
     :class:`AudioStream`. For running the whole service where no audio output exists (a laptop
     without a sound card, CI)."""
 
-    def __init__(self, render_block: RenderBlock, sample_rate: int, block_size: int):
+    def __init__(self, render_block: RenderBlock, sample_rate: int, block_size: int,
+                 stats: AudioStats | None = None):
         self._render = render_block
         self._period = block_size / sample_rate
-        self._stats = AudioStats()
+        self._stats = stats if stats is not None else AudioStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.device_name = "none (paced null output)"
 
     @property
     def stats(self) -> AudioStats:
-        return replace(self._stats)
+        return self._stats.snapshot()
+
+    def reset_max_render(self) -> None:
+        self._stats.max_render_s = 0.0
 
     @property
     def active(self) -> bool:

@@ -2,7 +2,8 @@
 
 The pack carries every source instrument's analysed frames, so a grid for any four of its N
 instruments (N^4 combinations: 65,536 for 16, of which the original box offered 256) can be
-made on the box. A rebuild runs on a background thread; the engine keeps playing the old grid
+made on the box. A rebuild runs on a background thread (nice 10, in the service process, never
+in the audio process); the engine keeps playing the old grid
 and picks up the new one at its next block (:meth:`morphbox.device.engine.voices.Engine.set_grid`
 only swaps a
 reference). Spectral mode mixes the corners' dB frames bilinearly (:func:`morphbox.kernels.grid.
@@ -305,6 +306,8 @@ class CornerSelector:
         return self._idle.wait(timeout)
 
     def _work(self) -> None:
+        from morphbox.device.engine.process import lower_thread_priority
+        lower_thread_priority()  # a background job: the audio and the inputs come first
         while True:
             with self._cv:
                 wanted = self._wanted

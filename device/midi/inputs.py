@@ -327,10 +327,12 @@ def rtmidi_scanner(put: Put, api: str = "alsa", ignore: Iterable[str] = (),
 class SerialMidiInput(ThreadPart):
     """DIN MIDI from a serial device (a UART at 31250 baud, 8N1).
 
-    ``device``: e.g. ``/dev/serial0``. Linux termios has no 31250 baud constant: on the Pi the
-    ``dtoverlay=midi-uart0`` overlay makes the UART run at 31250 when 38400 is asked for, which
-    is what this sets (``baud`` may name another standard rate for other adapters). If the
-    device is missing or fails, it is re-opened every ``reopen_s`` seconds.
+    ``device``: e.g. ``/dev/ttyAMA0`` (UART0 on GPIO 14/15 on every Pi model with the boot
+    config ``deploy/setup.sh`` writes; ``/dev/serial0`` points to it on a Pi 3/4 but to the
+    debug UART on a Pi 5). Linux termios has no 31250 baud constant: on the Pi the
+    ``midi-uart0`` (``midi-uart0-pi5``) overlay makes the UART run at 31250 when 38400 is
+    asked for, which is what this sets (``baud`` may name another standard rate for other
+    adapters). If the device is missing or fails, it is re-opened every ``reopen_s`` seconds.
     """
 
     name = "midi-din"
