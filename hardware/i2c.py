@@ -221,8 +221,9 @@ class SimBus(I2CBus):
         finally:
             if self.pace:  # sleep (releases the GIL, as the real ioctl does), then spin the rest
                 end = t0 + transfer_bits(len(write), read_len) / self.clock_hz
-                if end - time.perf_counter() > 0.0003:
-                    time.sleep(end - time.perf_counter() - 0.0002)
+                ahead = end - time.perf_counter()
+                if ahead > 0.0003:  # one reading: a second could be past the end (< 0)
+                    time.sleep(ahead - 0.0002)
                 while time.perf_counter() < end:
                     pass
 

@@ -374,6 +374,18 @@ def test_the_audio_process_exits_when_the_service_and_its_jack_server_die(tmp_pa
         if service is not None:
             _stop_process(service)
         _stop_process(jack)
+        # A SIGKILLed jackd leaves its entry in JACK's shared registry (8 servers at most per
+        # machine), reclaimed only when a server of the same name registers: start one and
+        # stop it cleanly, so repeated runs never end in "Too many servers already active".
+        again = subprocess.Popen([jackd, "-n", name, "--no-realtime", "-d", "dummy", "-r",
+                                  "48000", "-p", "128"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                 start_new_session=True)
+        try:
+            wait_until(lambda: _jack_ready(env) or again.poll() is not None,
+                       what="jackd to reclaim its registry entry")
+        finally:
+            _stop_process(again)
 
 
 @pytest.mark.parametrize("how", ["errors", "nonfinite"])
