@@ -297,22 +297,6 @@ def test_the_service_runs_end_to_end_with_the_audio_process(tmp_path):
     assert not service.engine.active
 
 
-def test_the_service_plays_through_jack_from_the_audio_process(jack_server, tmp_path):
-    service = Service(ServiceConfig(audio="device", host_api="JACK", audio_process="yes",
-                                    rt_priority=0, state_dir=tmp_path))
-    heard = []
-    service.engine.add_tap(lambda block: heard.append(float(np.abs(block).max())))
-    service.add(MidiFilePart(service.engine, _chord()))
-    service.start()
-    try:
-        wait_until(lambda: heard and max(heard) > 0.05, what="the chord through JACK")
-        status = service.status()
-    finally:
-        service.stop()
-    assert "system" in service.output.device_name
-    assert status["blocks"] > 0 and status["errors"] == 0
-
-
 def test_choosing_the_audio_process(monkeypatch):
     from morphbox.device.service import use_audio_process
     assert use_audio_process("yes") and not use_audio_process("no")
@@ -392,19 +376,9 @@ def test_the_audio_process_exits_when_the_service_and_its_jack_server_die(tmp_pa
 def test_the_watchdog_sees_the_audio_process_break_and_rolls_back(tmp_path, how):
     """The pack watchdog's counters (render errors, non-finite blocks) come from the audio
     process: a pack that breaks the audio there is rolled back, and the box plays again."""
-    from morphbox.device.packs.store import PackStore
-    from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
-    from tests.device.test_watchdog import _break_the_grid, _play_until_broken
+    from tests.device.test_watchdog import _break_the_grid, _play_until_broken, two_packs
 
-    key = new_key()
-    state = tmp_path / "state"
-    store = PackStore(state)
-    store.add_key(public_raw(key))
-    ids = {lvl: store.install_file(archive_of(small_pack(tmp_path / f"p{lvl}", f"p{lvl}",
-                                                         level=lvl), key))
-           for lvl in (120, 200)}
-    store.activate(ids[120])
-    store.activate(ids[200])
+    state, ids, _ = two_packs(tmp_path)
     service = Service(ServiceConfig(audio="none", audio_process="yes", rt_priority=0,
                                     state_dir=state, store=True))
     service.controls.set_touch(0.5, 0.5)

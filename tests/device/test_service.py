@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mido
 import numpy as np
+import pytest
 
 from morphbox.device.midi.files import MidiFilePart
 from morphbox.device.panel.paths import TouchPathPart, circle
@@ -45,8 +46,11 @@ def test_service_runs_inputs_and_audio_in_real_time_without_a_sound_card():
                                  "SE": "Church Organ"}
 
 
-def test_service_plays_through_jack(jack_server):
-    service = Service(ServiceConfig(audio="device", host_api="JACK"))
+@pytest.mark.parametrize("audio_process", ["no", "yes"])
+def test_service_plays_through_jack(jack_server, tmp_path, audio_process):
+    """A chord through a real JACK server, rendered in the service or in its audio process."""
+    service = Service(ServiceConfig(audio="device", host_api="JACK", rt_priority=0,
+                                    audio_process=audio_process, state_dir=tmp_path))
     heard = []
     service.engine.add_tap(lambda block: heard.append(float(np.abs(block).max())))
     service.add(MidiFilePart(service.engine, _chord_events()))

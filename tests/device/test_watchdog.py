@@ -36,10 +36,9 @@ def wait_for(cond, timeout=20.0):
     return cond()
 
 
-@pytest.fixture
-def boxed(tmp_path):
-    """A service with a store (packs p120 then p200 activated: p200 plays, p120 before it),
-    paced null audio, a note held."""
+def two_packs(tmp_path):
+    """A state dir whose store holds packs p120 and p200, activated in that order (p200 plays,
+    p120 before it): ``(state dir, {level: pack id}, signing key)``."""
     key = new_key()
     state = tmp_path / "state"
     store = PackStore(state)
@@ -49,6 +48,14 @@ def boxed(tmp_path):
            for lvl in (120, 200)}
     store.activate(ids[120])
     store.activate(ids[200])
+    return state, ids, key
+
+
+@pytest.fixture
+def boxed(tmp_path):
+    """A service with a store (packs p120 then p200 activated: p200 plays, p120 before it),
+    paced null audio, a note held."""
+    state, ids, key = two_packs(tmp_path)
     service = Service(ServiceConfig(audio="none", state_dir=state, store=True))
     service.controls.set_touch(0.5, 0.5)
     service.start()
