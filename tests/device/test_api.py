@@ -14,7 +14,7 @@ from morphbox.device.api.server import ApiServer, parse_bind
 from morphbox.device.packs.store import BUILTIN, PackStore
 from morphbox.device.service import Service, ServiceConfig
 from tests.device.test_archive import archive_of, new_key, public_raw, raw_archive, small_pack
-from tests.helpers import wait_until
+from tests.helpers import becomes_true, wait_until
 
 
 class Api:
@@ -251,14 +251,6 @@ def _blocks(service) -> int:
     return service.status()["blocks"]
 
 
-def _wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
 
 def test_every_hostile_http_case_is_refused_and_the_box_plays_on(hostile_box):
     from tests.device.hostile import http_cases
@@ -272,7 +264,7 @@ def test_every_hostile_http_case_is_refused_and_the_box_plays_on(hostile_box):
             failures.append(f"{name}: {outcome.status} {outcome.note}")
         if store.pointer()["active"] != hostile_box["first"] or service.pack.name != "p120":
             failures.append(f"{name}: the active pack changed")
-        if not _wait_for(lambda before=before: _blocks(service) > before + 5):
+        if not becomes_true(lambda before=before: _blocks(service) > before + 5):
             failures.append(f"{name}: the audio stopped")
     assert not failures, "\n".join(failures)
     st = service.status()
@@ -296,7 +288,7 @@ def test_a_stalled_upload_does_not_hold_up_pack_operations(hostile_box):
     good = signed_archive(t.tmp / "stall.mbpack", t.key, t.pack).read_bytes()
     staller = Staller(t.port, t.token, good[:3000], claimed=len(good))
     try:
-        assert _wait_for(lambda: hostile_box["server"].uploads == 1, 10)
+        assert becomes_true(lambda: hostile_box["server"].uploads == 1, 10)
         r = raw_http(t.port, "GET", "/api/packs", timeout=5)
         assert r.status == 200 and len(r.json()) == 3
         r = raw_http(t.port, "POST", f"/api/packs/{other}/activate",
@@ -309,7 +301,7 @@ def test_a_stalled_upload_does_not_hold_up_pack_operations(hostile_box):
     finally:
         staller.close()
     assert reply is not None and reply.status == 408 and "stalled" in reply.json()["error"]
-    assert _wait_for(lambda: not [p for p in store.packs_dir.iterdir()
+    assert becomes_true(lambda: not [p for p in store.packs_dir.iterdir()
                                   if p.name.startswith(".")], 10)
 
 

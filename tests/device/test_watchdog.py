@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -25,15 +24,7 @@ from morphbox.device.service import (
 )
 from tests.device.test_api import _silent_pack
 from tests.device.test_archive import archive_of, new_key, public_raw, small_pack
-
-
-def wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
+from tests.helpers import becomes_true
 
 
 def two_packs(tmp_path):
@@ -140,7 +131,7 @@ def _play_until_broken(service) -> bool:
     def broken():
         service.engine.note_on(60, 100)
         return dog.bad_blocks() - dog.baseline >= dog.max_bad
-    return wait_for(broken)
+    return becomes_true(broken)
 
 
 def _break_the_grid(service, how: str) -> None:
@@ -174,7 +165,7 @@ def test_the_watchdog_rolls_back_a_pack_that_breaks_the_audio(boxed, how, caplog
     rms = []
     service.engine.add_tap(lambda b: rms.append(float(np.sqrt(np.mean(b ** 2)))))
     service.engine.note_on(64, 100)
-    assert wait_for(lambda: len(rms) > 40)
+    assert becomes_true(lambda: len(rms) > 40)
     assert max(rms[-20:]) > 1e-3 and np.isfinite(rms).all()
     assert dog.bad_blocks() - bad_then <= 2  # at most the blocks of the fade-out
     assert dog.check(102.0) is None  # disarmed: nothing more to do
