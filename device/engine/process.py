@@ -471,6 +471,7 @@ class _AudioSide:
         self._stats = sh.stats
         self._flags = sh.flags
         self._manual = spec.config.output == "manual"
+        self._tap_block: np.ndarray | None = None  # a manual render waiting to be counted
         self._pos_max = spec.layout.voices
         self._pos_buf = np.zeros(1 + 2 * spec.layout.voices)
         self.rt_priority = 0  # set when SCHED_FIFO was granted: the render thread asks too
@@ -539,11 +540,24 @@ class _AudioSide:
             self._publish_positions()
         now = time.perf_counter()
         st["last_block_time"] = now
-        if self._manual or self._flags["taps"]:
-            _TAP_HDR.pack_into(self._tap_hdr, 0, now, self.engine.blocks)
-            np.copyto(self._tap_audio, block, casting="same_kind")
-            self.sh.taps.write(self._tap_buf)
+        if self._manual:
+            self._tap_block = block  # published once the block is counted (publish_tap)
+        elif self._flags["taps"]:
+            self.publish_tap(block, now)
         return block
+
+    def publish_tap(self, block: np.ndarray | None = None, now: float | None = None) -> None:
+        """Send ``block`` (default: the last manual render's) to the service's tap ring. Manual
+        output calls it after the block is counted, so a caller woken by the tap reads stats
+        that include it."""
+        if block is None:
+            block, self._tap_block = self._tap_block, None
+            if block is None:
+                return
+        _TAP_HDR.pack_into(self._tap_hdr, 0, time.perf_counter() if now is None else now,
+                           self.engine.blocks)
+        np.copyto(self._tap_audio, block, casting="same_kind")
+        self.sh.taps.write(self._tap_buf)
 
     def _publish_positions(self) -> None:
         pos = self.engine.voice_positions()[:self._pos_max]
@@ -651,6 +665,7 @@ class _ManualOutput:
                 except Exception:  # noqa: BLE001 - counted; the caller sees no block
                     self.stats.errors += 1
                 self.stats.count(time.perf_counter() - t0, self.period)
+                side.publish_tap()
 
     def stop(self) -> None:
         self._stop.set()
